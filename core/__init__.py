@@ -1,0 +1,53 @@
+"""Conveyor: a plugin-oriented job queue and workflow orchestrator.
+
+The public API is re-exported here; modules prefixed with ``_`` are private.
+"""
+
+from .app import Conveyor
+from .config import Settings
+from .errors import (
+    ConveyorError,
+    DuplicateKeyError,
+    InvalidStateError,
+    JobNotFoundError,
+    LimitExceededError,
+    ParseError,
+    PluginError,
+    QueuePausedError,
+    RateLimitedError,
+    ScheduleNotFoundError,
+    StorageError,
+    UnauthorizedError,
+    UnknownCommandError,
+    ValidationError,
+    WebhookNotFoundError,
+    error_for_code,
+)
+from .hookspecs import hookimpl
+from .interfaces import EventSink, ProtocolServer, Worker
+from .models import (
+    AckItem,
+    AckResult,
+    Backoff,
+    Event,
+    FailOutcome,
+    Job,
+    JobOptions,
+    JobSpec,
+    JobState,
+    QueueCounts,
+    QueueInfo,
+)
+from .storage import Storage
+from .sync import SyncConveyor
+from .workers import WorkerRegistry
+
+__all__ = [
+    "AckItem", "AckResult", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
+    "EventSink", "FailOutcome", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
+    "JobSpec", "JobState", "LimitExceededError", "ParseError", "PluginError", "ProtocolServer",
+    "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",
+    "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",
+    "UnknownCommandError", "ValidationError", "WebhookNotFoundError", "Worker", "WorkerRegistry",
+    "error_for_code", "hookimpl",
+]  # fmt: skip

@@ -1,0 +1,127 @@
+"""Input limits and the one place that turns bad input into `ValidationError`.
+
+Size limits are measured on UTF-8 bytes of the serialized JSON, the same bytes that are stored,
+so a value that passes here fits the database and the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, TypeVar
+from uuid import UUID
+
+import pydantic
+
+from .errors import LimitExceededError, ValidationError
+
+MAX_QUEUE_NAME_BYTES = 256
+MAX_JOB_NAME_BYTES = 1024
+MAX_DATA_BYTES = 1024 * 1024
+MAX_METADATA_BYTES = 64 * 1024
+MAX_UNIQUE_KEY_BYTES = 1024
+MAX_ERROR_BYTES = 10 * 1024
+MAX_CUSTOM_ID_BYTES = 1024
+MAX_TAG_BYTES = 256
+MAX_LOG_MESSAGE_BYTES = 10 * 1024
+MAX_LOG_ENTRIES = 1000
+MAX_BATCH = 1000
+MAX_PULL_COUNT = 1000
+MAX_LIST_LIMIT = 1000
+MAX_WORKER_ID_BYTES = 256
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9._:\-]+")
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, the one serialization used for stored payloads."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def check_bytes(field: str, text: str, limit: int) -> None:
+    size = len(text.encode())
+    if size > limit:
+        raise LimitExceededError(
+            f"{field} is {size} bytes; the limit is {limit} bytes",
+            field=field,
+            details={"limit": limit, "size": size},
+        )
+
+
+def check_json_bytes(field: str, value: Any, limit: int) -> str:
+    """Serialize ``value`` once, check its size and return the text to store."""
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from exc
+    check_bytes(field, text, limit)
+    return text
+
+
+def check_queue_name(queue: Any, field: str = "queue") -> str:
+    if not isinstance(queue, str):
+        raise ValidationError(f"{field} must be a string, got {type(queue).__name__}", field=field)
+    check_bytes(field, queue, MAX_QUEUE_NAME_BYTES)
+    if not _QUEUE_NAME.fullmatch(queue):
+        raise ValidationError(
+            f"{field} {queue[:64]!r} is invalid: use 1-{MAX_QUEUE_NAME_BYTES} bytes of "
+            "letters, digits and . _ : -",
+            field=field,
+        )
+    return queue
+
+
+def check_count(value: Any, field: str, maximum: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{field} must be an integer", field=field)
+    if not minimum <= value <= maximum:
+        raise ValidationError(f"{field} must be between {minimum} and {maximum}, got {value}", field=field)
+    return value
+
+
+def check_job_id(value: Any, field: str = "id") -> UUID:
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise ValidationError(f"{field} must be a job UUID, got {str(value)[:64]!r}", field=field)
+
+
+def check_optional_text(field: str, value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, got {type(value).__name__}", field=field)
+    check_bytes(field, value, limit)
+    return value
+
+
+def parse(model: type[M], value: Any, what: str = "") -> M:
+    """Validate ``value`` into ``model``; errors name the dotted path of the first bad field."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except pydantic.ValidationError as exc:
+        raise validation_error(exc, prefix=what) from None
+
+
+def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> ValidationError:
+    errors = []
+    for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-before",))
+        path = ".".join(p for p in (prefix, loc) if p)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        errors.append({"field": path or None, "message": message})
+    first = errors[0]
+    text = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return ValidationError(text, field=first["field"], details={"errors": errors})

@@ -1,0 +1,405 @@
+"""`Conveyor`: the host object. It owns the plugin manager, storage, events and maintenance,
+and is the async embedded API every protocol front end calls."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any
+from uuid import UUID
+
+import anyio
+import pluggy
+
+from . import _limits as limits
+from . import lifecycle, maintenance
+from ._ids import uuid7
+from ._plugins import make_plugin_manager
+from .config import Settings
+from .errors import PluginError, ValidationError
+from .events import EventDispatcher
+from .interfaces import EventSink, ProtocolServer
+from .lifecycle import ms_to_dt
+from .models import (
+    AckItem,
+    AckResult,
+    Event,
+    FailOutcome,
+    Job,
+    JobSpec,
+    JobState,
+    QueueCounts,
+    QueueInfo,
+)
+from .storage import Decide, Modified, Reject, Skip, Storage, Update
+from .workers import WorkerRegistry
+
+log = logging.getLogger("conveyor")
+MAX_WAIT_MS = 300_000
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Conveyor:
+    """A job queue over one storage. Use as ``async with Conveyor("sqlite:///jobs.db") as app``.
+
+    ``storage`` is a URL (handled by the storage hook) or a ready `Storage`; ``plugins`` are
+    extra plugin objects registered after the built-ins and entry points; ``clock`` returns
+    epoch milliseconds (tests pass a fake one); other keyword arguments are `Settings` fields.
+    """
+
+    def __init__(
+        self,
+        storage: str | Storage | None = None,
+        *,
+        settings: Settings | None = None,
+        plugins: Iterable[object] = (),
+        clock: Callable[[], int] | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings(**options, **({"storage": storage} if isinstance(storage, str) else {}))
+        elif options or isinstance(storage, str):
+            settings = settings.model_copy(update={**options, **({"storage": storage} if isinstance(storage, str) else {})})
+        self.settings = settings
+        self.pm: pluggy.PluginManager = make_plugin_manager(
+            disable=settings.disable_plugins, autoload=settings.plugin_autoload, extra=plugins
+        )
+        self.hook = self.pm.hook
+        self.workers = WorkerRegistry()
+        self.now_ms: Callable[[], int] = clock or wall_clock_ms
+        self._given_storage = storage if isinstance(storage, Storage) else None
+        self._storage: Storage | None = None
+        self.events = EventDispatcher([], settings.event_buffer)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._maintenance_scope: anyio.CancelScope | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            raise RuntimeError("Conveyor is not open: use 'async with Conveyor(...)' or await open()")
+        return self._storage
+
+    async def open(self) -> Conveyor:
+        storage = self._given_storage or self.hook.conveyor_storage(app=self, url=self.settings.storage)
+        if storage is None:
+            scheme = self.settings.storage.split(":", 1)[0]
+            raise PluginError(
+                f"no storage plugin handles {scheme!r} URLs (storage={self.settings.storage!r}); "
+                "built in: sqlite:///path, postgresql://..."
+            )
+        if not isinstance(storage, Storage):
+            raise PluginError(f"storage hook returned {storage!r}, which is not a conveyor.Storage")
+        await storage.open()
+        self._storage = storage
+        try:
+            self.hook.conveyor_engines(app=self, registry=self.workers)
+            self.events = EventDispatcher(self._collect(self.hook.conveyor_event_sinks(app=self), EventSink, "event sink"), self.settings.event_buffer)
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self.events.start(self._tg)
+            if self.settings.maintenance:
+                self._tg.start_soon(self._maintain, name="conveyor-maintenance")
+        except BaseException:
+            await self._storage.close()
+            self._storage = None
+            raise
+        return self
+
+    async def close(self) -> None:
+        if self._storage is None:
+            return
+        if self._maintenance_scope is not None:
+            self._maintenance_scope.cancel()
+        await self.events.close()
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            await tg.__aexit__(None, None, None)
+        storage, self._storage = self._storage, None
+        await storage.close()
+
+    async def __aenter__(self) -> Conveyor:
+        return await self.open()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def _maintain(self) -> None:
+        with anyio.CancelScope() as scope:
+            self._maintenance_scope = scope
+            await maintenance.run_forever(self)
+
+    def protocol_servers(self) -> list[ProtocolServer]:
+        """Every protocol server the plugins provide (server mode)."""
+        return self._collect(self.hook.conveyor_protocols(app=self), ProtocolServer, "protocol server")
+
+    @staticmethod
+    def _collect(results: list[Any], kind: type, what: str) -> list[Any]:
+        found: list[Any] = []
+        for result in results:
+            items = result if isinstance(result, (list, tuple)) else [result]
+            for item in items:
+                if item is None:
+                    continue
+                if not isinstance(item, kind):
+                    raise PluginError(f"a plugin returned {item!r} as {what}, which lacks the {kind.__name__} methods")
+                found.append(item)
+        return found
+
+    # -- push ----------------------------------------------------------------------------------
+
+    async def push(self, queue: str, name: str, data: Any = None, *, options: Any = None, **flat_options: Any) -> UUID:
+        """Enqueue one job; options nested in ``options`` or given as keyword arguments."""
+        body: dict[str, Any] = {"name": name, "data": data, **flat_options}
+        if options is not None:
+            body["options"] = options
+        spec = limits.parse(JobSpec, body)
+        job, text = self._new_job(limits.check_queue_name(queue), spec, self.now_ms())
+        await self.storage.insert_jobs([job], [text])
+        self._emit_pushed([job])
+        return job.id
+
+    async def push_batch(self, queue: str, jobs: Sequence[JobSpec | dict[str, Any]]) -> list[UUID]:
+        """Enqueue every job or none; errors name the item (``jobs[3].options.priority``)."""
+        limits.check_queue_name(queue)
+        if not isinstance(jobs, (list, tuple)):
+            raise ValidationError("jobs must be a list of job objects", field="jobs")
+        if not 1 <= len(jobs) <= limits.MAX_BATCH:
+            raise ValidationError(f"jobs must hold 1 to {limits.MAX_BATCH} items, got {len(jobs)}", field="jobs")
+        now = self.now_ms()
+        built = []
+        for index, item in enumerate(jobs):
+            where = f"jobs[{index}]"
+            spec = limits.parse(JobSpec, item, where)
+            target = limits.check_queue_name(spec.queue, f"{where}.queue") if spec.queue else queue
+            try:
+                built.append(self._new_job(target, spec, now))
+            except ValidationError as exc:
+                raise _prefixed(exc, where) from None
+        await self.storage.insert_jobs([job for job, _ in built], [text for _, text in built])
+        self._emit_pushed([job for job, _ in built])
+        return [job.id for job, _ in built]
+
+    def _new_job(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
+        o = spec.options
+        limits.check_bytes("name", spec.name, limits.MAX_JOB_NAME_BYTES)
+        data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
+        if o.metadata is not None:
+            limits.check_json_bytes("options.metadata", o.metadata, limits.MAX_METADATA_BYTES)
+        if o.unique_key is not None:
+            limits.check_bytes("options.unique_key", o.unique_key, limits.MAX_UNIQUE_KEY_BYTES)
+        if o.custom_id is not None:
+            limits.check_bytes("options.custom_id", o.custom_id, limits.MAX_CUSTOM_ID_BYTES)
+        for i, tag in enumerate(o.tags):
+            limits.check_bytes(f"options.tags[{i}]", tag, limits.MAX_TAG_BYTES)
+        if o.depends_on:
+            raise ValidationError(
+                "options.depends_on: job dependencies (DAG flows) are not available in this version",
+                field="options.depends_on",
+            )
+        now = ms_to_dt(now_ms)
+        delayed = o.delay_ms > 0
+        job = Job.model_construct(
+            id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
+            state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
+            delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
+            started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
+            backoff_delay_ms=o.backoff_delay_ms, last_error=None, ttl_ms=o.ttl_ms, timeout_ms=o.timeout_ms,
+            unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=[],
+            flow_id=o.flow_id, lifo=o.lifo, remove_on_complete=o.remove_on_complete,
+            remove_on_fail=o.remove_on_fail, worker_id=None, last_heartbeat=None,
+        )  # fmt: skip
+        return job, data_text
+
+    # -- work ------------------------------------------------------------------------------------
+
+    async def pull(self, queue: str, count: int = 1, *, worker_id: str | None = None, wait_ms: int = 0) -> list[Job]:
+        """Claim up to ``count`` waiting jobs (highest priority, then oldest). With ``wait_ms``,
+        wait up to that long for a job to arrive when the queue is empty."""
+        limits.check_queue_name(queue)
+        limits.check_count(count, "count", limits.MAX_PULL_COUNT)
+        limits.check_count(wait_ms, "wait_ms", MAX_WAIT_MS, minimum=0)
+        limits.check_optional_text("worker_id", worker_id, limits.MAX_WORKER_ID_BYTES)
+        deadline = anyio.current_time() + wait_ms / 1000
+        while True:
+            jobs = await self.storage.claim_jobs(queue, count, self.now_ms(), worker_id)
+            remaining = deadline - anyio.current_time()
+            if jobs or remaining <= 0:
+                return jobs
+            await self.storage.wait_for_jobs(queue, remaining)
+
+    async def ack(self, job_id: UUID | str, result: Any = None) -> None:
+        """Complete an active job with ``result``."""
+        job_id = limits.check_job_id(job_id)
+        limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
+        now = self.now_ms()
+        done = await self._modify_one(job_id, lifecycle.decide_ack({job_id: result}, now))
+        self._emit([_event("job.completed", done, now)])
+
+    async def ack_batch(self, items: Sequence[AckItem | dict[str, Any]]) -> list[AckResult]:
+        """Ack many jobs in one transaction; one `AckResult` per item, in order."""
+        if not isinstance(items, (list, tuple)):
+            raise ValidationError("items must be a list of {id, result} objects", field="items")
+        if not 1 <= len(items) <= limits.MAX_BATCH:
+            raise ValidationError(f"items must hold 1 to {limits.MAX_BATCH} entries, got {len(items)}", field="items")
+        parsed: list[AckItem | ValidationError] = []
+        for index, item in enumerate(items):
+            try:
+                ack = limits.parse(AckItem, item, f"items[{index}]")
+                limits.check_json_bytes(f"items[{index}].result", ack.result, limits.MAX_DATA_BYTES)
+                parsed.append(ack)
+            except ValidationError as exc:
+                parsed.append(exc)
+        valid = [p for p in parsed if isinstance(p, AckItem)]
+        now = self.now_ms()
+        outcomes = iter(
+            await self.storage.modify_jobs([p.id for p in valid], lifecycle.decide_ack({p.id: p.result for p in valid}, now))
+            if valid
+            else []
+        )
+        results, events = [], []
+        for index, entry in enumerate(parsed):
+            if isinstance(entry, ValidationError):
+                raw = items[index]
+                raw_id = raw.get("id") if isinstance(raw, dict) else None
+                results.append(AckResult(id=str(raw_id), ok=False, error=entry.to_wire()))
+                continue
+            done = next(outcomes)
+            if isinstance(done.change, Reject):
+                results.append(AckResult(id=str(entry.id), ok=False, error=done.change.error.to_wire()))
+            else:
+                results.append(AckResult(id=str(entry.id), ok=True))
+                events.append(_event("job.completed", done, now))
+        self._emit(events)
+        return results
+
+    async def fail(self, job_id: UUID | str, error: str) -> FailOutcome:
+        """Record a failed attempt: retry after backoff while attempts remain, else DLQ."""
+        job_id = limits.check_job_id(job_id)
+        if not isinstance(error, str):
+            raise ValidationError("error must be a string", field="error")
+        limits.check_bytes("error", error, limits.MAX_ERROR_BYTES)
+        now = self.now_ms()
+        done = await self._modify_one(job_id, lifecycle.decide_fail(error, now))
+        assert done.before is not None
+        plan = lifecycle.plan_failure(done.before, error, now)
+        self._emit(_failure_events(done, plan, error, now))
+        next_at = ms_to_dt(plan.next_attempt_ms) if plan.next_attempt_ms is not None else None
+        return FailOutcome(id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state)
+
+    async def cancel(self, job_id: UUID | str) -> None:
+        """Cancel a job that has not started (waiting, delayed or blocked)."""
+        job_id = limits.check_job_id(job_id)
+        now = self.now_ms()
+        done = await self._modify_one(job_id, lifecycle.decide_cancel(now))
+        self._emit([_event("job.cancelled", done, now)])
+
+    async def progress(self, job_id: UUID | str, progress: int | float, message: str | None = None) -> None:
+        """Report progress (clamped to 0-100); ``message`` is appended to the job's logs."""
+        job_id = limits.check_job_id(job_id)
+        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress != progress:
+            raise ValidationError("progress must be a number from 0 to 100", field="progress")
+        limits.check_optional_text("message", message, limits.MAX_LOG_MESSAGE_BYTES)
+        value = int(round(max(-1.0, min(101.0, float(progress)))))
+        now = self.now_ms()
+        done = await self._modify_one(job_id, lifecycle.decide_progress(value, message, now))
+        data: dict[str, Any] = {"progress": max(0, min(100, value))}
+        if message is not None:
+            data["message"] = message
+        self._emit([_event("job.progress", done, now, data)])
+
+    async def heartbeat(self, job_id: UUID | str) -> None:
+        """Extend an active job's lease so stall detection leaves it alone."""
+        job_id = limits.check_job_id(job_id)
+        await self._modify_one(job_id, lifecycle.decide_heartbeat(self.now_ms()))
+
+    # -- read and manage -------------------------------------------------------------------
+
+    async def get(self, job_id: UUID | str) -> Job | None:
+        """The job, or None if no such job exists (or it was removed on completion)."""
+        return await self.storage.get_job(limits.check_job_id(job_id))
+
+    async def stats(self, queue: str) -> QueueCounts:
+        """Counts by state for one queue (all zero for an unknown queue)."""
+        rows = await self.storage.queues(limits.check_queue_name(queue))
+        return QueueCounts(**rows[0].counts) if rows else QueueCounts()
+
+    async def queues(self) -> list[QueueInfo]:
+        """Every queue that has jobs or a pause flag, with counts."""
+        return [QueueInfo(name=r.name, paused=r.paused, counts=QueueCounts(**r.counts)) for r in await self.storage.queues()]
+
+    async def pause(self, queue: str) -> None:
+        """Stop delivering and accepting jobs for ``queue`` (persisted, all nodes)."""
+        await self.storage.set_paused(limits.check_queue_name(queue), True, self.now_ms())
+
+    async def resume(self, queue: str) -> None:
+        await self.storage.set_paused(limits.check_queue_name(queue), False, self.now_ms())
+
+    async def dlq(self, queue: str, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Dead-lettered jobs of ``queue``, most recent first."""
+        limits.check_queue_name(queue)
+        limits.check_count(limit, "limit", limits.MAX_LIST_LIMIT)
+        limits.check_count(offset, "offset", 10**9, minimum=0)
+        return await self.storage.list_jobs(queue, JobState.DLQ.value, limit=limit, offset=offset)
+
+    # -- shared plumbing ---------------------------------------------------------------------
+
+    async def _modify_one(self, job_id: UUID, decide: Decide) -> Modified:
+        [done] = await self.storage.modify_jobs([job_id], decide)
+        if isinstance(done.change, Reject):
+            raise done.change.error
+        return done
+
+    async def apply_failures(self, ids: Sequence[UUID], decide: Decide, now_ms: int) -> int:
+        """Apply a maintenance decision (stall, timeout, TTL) and emit its events; returns how
+        many jobs changed."""
+        changed = 0
+        events: list[Event] = []
+        for done in await self.storage.modify_jobs(ids, decide):
+            if isinstance(done.change, (Skip, Reject)) or done.before is None:
+                continue
+            changed += 1
+            state = done.change.values["state"] if isinstance(done.change, Update) else JobState.DLQ
+            if done.before.state is JobState.ACTIVE:
+                error = done.change.values.get("last_error") if isinstance(done.change, Update) else None
+                events.append(_event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ}))
+            if state is JobState.DLQ:
+                events.append(_event("job.dlq", done, now_ms))
+        self._emit(events)
+        return changed
+
+    def _emit(self, events: list[Event]) -> None:
+        if events and self.events.active:
+            self.events.emit(events)
+
+    def _emit_pushed(self, jobs: list[Job]) -> None:
+        if self.events.active:
+            self.events.emit([Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs])
+
+
+def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
+    assert done.before is not None
+    return Event.model_construct(event=name, job_id=done.id, queue=done.before.queue, timestamp=ms_to_dt(now_ms), data=data or {})
+
+
+def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:
+    assert done.before is not None
+    events = [_event("job.failed", done, now_ms, {"error": error, "attempt": done.before.attempt + 1, "will_retry": plan.will_retry})]
+    if plan.state is JobState.DLQ:
+        events.append(_event("job.dlq", done, now_ms))
+    return events
+
+
+def _prefixed(exc: ValidationError, where: str) -> ValidationError:
+    """The same error, located inside a batch: ``data is ...`` -> ``jobs[2].data is ...``."""
+    field = f"{where}.{exc.field}" if exc.field else where
+    starts_with_field = exc.field is not None and exc.message.startswith(exc.field)
+    message = f"{where}.{exc.message}" if starts_with_field else f"{where}: {exc.message}"
+    return type(exc)(message, field=field, details={**exc.details, "field": field})
+

@@ -1,0 +1,145 @@
+"""The error hierarchy: one root, each subclass carrying its wire code and HTTP status.
+
+Every failure that reaches a caller (embedded API, HTTP, TCP) is a `ConveyorError`, so both
+protocols can render the same envelope ``{"code", "message", "details"}`` from it, and clients
+can rebuild the same exception class from the code with `error_for_code`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ConveyorError(Exception):
+    """Root of every error Conveyor raises on purpose."""
+
+    code: ClassVar[str] = "INTERNAL_ERROR"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class JobNotFoundError(ConveyorError):
+    code = "JOB_NOT_FOUND"
+    http_status = 404
+
+
+class ScheduleNotFoundError(ConveyorError):
+    code = "SCHEDULE_NOT_FOUND"
+    http_status = 404
+
+
+class WebhookNotFoundError(ConveyorError):
+    code = "WEBHOOK_NOT_FOUND"
+    http_status = 404
+
+
+class InvalidStateError(ConveyorError):
+    """The job exists but is not in a state that allows the operation."""
+
+    code = "INVALID_STATE"
+    http_status = 409
+
+
+class DuplicateKeyError(ConveyorError):
+    """A non-terminal job with the same unique key already exists in the queue."""
+
+    code = "DUPLICATE_KEY"
+    http_status = 409
+
+
+class QueuePausedError(ConveyorError):
+    code = "QUEUE_PAUSED"
+    http_status = 503
+
+
+class RateLimitedError(ConveyorError):
+    code = "RATE_LIMITED"
+    http_status = 429
+
+
+class UnauthorizedError(ConveyorError):
+    code = "UNAUTHORIZED"
+    http_status = 401
+
+
+class ValidationError(ConveyorError):
+    """Bad input. ``field`` names the offending field (dotted path) when there is one."""
+
+    code = "VALIDATION_ERROR"
+    http_status = 400
+
+    def __init__(
+        self, message: str, *, field: str | None = None, details: dict[str, Any] | None = None
+    ) -> None:
+        details = dict(details or {})
+        if field is not None:
+            details.setdefault("field", field)
+        super().__init__(message, details=details)
+        self.field = field
+
+
+class LimitExceededError(ValidationError):
+    """A size limit was exceeded: same wire code as `ValidationError`, HTTP 413."""
+
+    http_status = 413
+
+
+class ParseError(ConveyorError):
+    """A TCP line that is not a JSON object."""
+
+    code = "PARSE_ERROR"
+    http_status = 400
+
+
+class UnknownCommandError(ConveyorError):
+    code = "UNKNOWN_COMMAND"
+    http_status = 400
+
+
+class StorageError(ConveyorError):
+    """A backend failure, translated at the storage boundary."""
+
+
+class PluginError(ConveyorError):
+    """A plugin could not be loaded or broke its hook contract."""
+
+
+_BY_CODE: dict[str, type[ConveyorError]] = {
+    cls.code: cls
+    for cls in (
+        ConveyorError,
+        JobNotFoundError,
+        ScheduleNotFoundError,
+        WebhookNotFoundError,
+        InvalidStateError,
+        DuplicateKeyError,
+        QueuePausedError,
+        RateLimitedError,
+        UnauthorizedError,
+        ValidationError,
+        ParseError,
+        UnknownCommandError,
+    )
+}
+
+
+def error_for_code(
+    code: str, message: str, details: dict[str, Any] | None = None, http_status: int | None = None
+) -> ConveyorError:
+    """Rebuild the exception a server raised from its wire envelope."""
+    cls = _BY_CODE.get(code, ConveyorError)
+    if cls is ValidationError and http_status == 413:
+        cls = LimitExceededError
+    if issubclass(cls, ValidationError):
+        return cls(message, field=(details or {}).get("field"), details=details)
+    return cls(message, details=details)

@@ -1,0 +1,239 @@
+"""Pydantic models of the public surface: jobs, their options, queue counts and events.
+
+Input models (`JobOptions`, `JobSpec`) validate types and ranges and refuse unknown fields;
+byte-size limits are checked by `conveyor._limits` because they need the serialized size and
+answer with HTTP 413 rather than 400.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
+
+JsonValue = Any
+
+INT32_MAX = 2**31 - 1
+DAY_MS = 86_400_000
+
+
+class JobState(str, enum.Enum):
+    """Wire spelling of job states. ``failed`` exists for compatibility; no job rests in it."""
+
+    WAITING = "waiting"
+    DELAYED = "delayed"
+    BLOCKED = "blocked"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DLQ = "dlq"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DLQ, JobState.CANCELLED})
+
+
+class Backoff(str, enum.Enum):
+    FIXED = "fixed"
+    LINEAR = "linear"
+    EXPONENTIAL = "exponential"
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JobOptions(_Input):
+    """Per-job options, accepted nested under ``options`` or flat beside ``name``/``data``."""
+
+    priority: StrictInt = Field(0, ge=-INT32_MAX, le=INT32_MAX, description="Higher runs first.")
+    delay_ms: StrictInt = Field(0, ge=0, le=365 * DAY_MS, description="Start delayed.")
+    max_attempts: StrictInt = Field(3, ge=1, le=1000)
+    backoff: Backoff = Backoff.EXPONENTIAL
+    backoff_delay_ms: StrictInt = Field(1000, ge=0, le=DAY_MS)
+    ttl_ms: StrictInt | None = Field(None, ge=1, le=365 * DAY_MS)
+    timeout_ms: StrictInt | None = Field(None, ge=1, le=DAY_MS)
+    unique_key: StrictStr | None = Field(None, min_length=1)
+    custom_id: StrictStr | None = Field(None, min_length=1)
+    tags: list[StrictStr] = Field(default_factory=list, max_length=64)
+    group_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    metadata: JsonValue = None
+    depends_on: list[UUID] = Field(default_factory=list, max_length=1000)
+    flow_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    lifo: StrictBool = False
+    remove_on_complete: StrictBool = False
+    remove_on_fail: StrictBool = False
+
+
+OPTION_FIELDS = frozenset(JobOptions.model_fields)
+
+
+class JobSpec(_Input):
+    """What a push carries: name, data and options (nested, or flat as RustQueue clients send).
+
+    ``queue`` is optional because HTTP takes it from the path; the kernel requires it.
+    """
+
+    queue: StrictStr | None = None
+    name: StrictStr = Field(min_length=1)
+    data: JsonValue = None
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_flat_options(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        flat = {k: v for k, v in value.items() if k in OPTION_FIELDS}
+        if not flat:
+            return value
+        nested = value.get("options")
+        if nested is None:
+            nested = {}
+        if not isinstance(nested, dict):
+            return value  # let field validation name `options` as the problem
+        clash = sorted(flat.keys() & nested.keys())
+        if clash:
+            raise ValueError(f"option {clash[0]!r} given both flat and under 'options'")
+        rest = {k: v for k, v in value.items() if k not in OPTION_FIELDS}
+        return {**rest, "options": {**nested, **flat}}
+
+
+class LogEntry(BaseModel):
+    timestamp: datetime
+    message: str
+
+
+class Job(BaseModel):
+    """A job as stored and as sent on the wire. Times are UTC."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    id: UUID
+    custom_id: str | None = None
+    name: str
+    queue: str
+    data: JsonValue = None
+    result: JsonValue = None
+    state: JobState
+    progress: int = 0
+    logs: list[LogEntry] = Field(default_factory=list)
+    priority: int = 0
+    delay_until: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    max_attempts: int = 3
+    attempt: int = 0
+    backoff: Backoff = Backoff.EXPONENTIAL
+    backoff_delay_ms: int = 1000
+    last_error: str | None = None
+    ttl_ms: int | None = None
+    timeout_ms: int | None = None
+    unique_key: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    group_id: str | None = None
+    metadata: JsonValue = None
+    depends_on: list[UUID] = Field(default_factory=list)
+    flow_id: str | None = None
+    lifo: bool = False
+    remove_on_complete: bool = False
+    remove_on_fail: bool = False
+    worker_id: str | None = None
+    last_heartbeat: datetime | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-ready dict; ``metadata`` is omitted when null (RustQueue compatibility)."""
+        out = self.model_dump(mode="json")
+        if out["metadata"] is None:
+            del out["metadata"]
+        return out
+
+
+class QueueCounts(BaseModel):
+    waiting: int = 0
+    active: int = 0
+    delayed: int = 0
+    completed: int = 0
+    failed: int = 0
+    dlq: int = 0
+    blocked: int = 0
+    cancelled: int = 0
+
+
+class QueueInfo(BaseModel):
+    name: str
+    paused: bool = False
+    counts: QueueCounts = Field(default_factory=QueueCounts)
+
+
+class FailOutcome(BaseModel):
+    """What `fail` did: retry later (``next_attempt_at``) or dead-lettered."""
+
+    id: UUID
+    retry: bool
+    will_retry: bool
+    next_attempt_at: datetime | None = None
+    state: JobState
+
+
+class AckItem(_Input):
+    id: UUID
+    result: JsonValue = None
+
+
+class AckResult(BaseModel):
+    """Per-item outcome of a batch ack; ``error`` is the wire envelope when ``ok`` is false."""
+
+    id: str
+    ok: bool
+    error: dict[str, Any] | None = None
+
+
+EventName = Literal[
+    "job.pushed", "job.completed", "job.failed", "job.dlq", "job.cancelled", "job.progress"
+]
+EVENT_NAMES: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
+
+
+class Event(BaseModel):
+    """A lifecycle event handed to event sinks after the change it reports is committed."""
+
+    event: EventName
+    job_id: UUID
+    queue: str
+    timestamp: datetime
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "job_id": str(self.job_id),
+            "queue": self.queue,
+            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            **({"data": self.data} if self.data else {}),
+        }
+
+
+def normalize_event_name(name: str) -> str:
+    """Accept ``job.completed`` and ``job_completed`` alike; raise for unknown names."""
+    dotted = name.strip().lower().replace("_", ".", 1) if "." not in name else name.strip().lower()
+    if dotted not in EVENT_NAMES:
+        raise ValueError(f"unknown event {name!r}; known: {', '.join(EVENT_NAMES)}")
+    return dotted

@@ -1,0 +1,144 @@
+"""The `Storage` interface: atomic, set-based primitives with no lifecycle semantics.
+
+All rules (which transitions are legal, backoff, DLQ, removal) live in the kernel. A backend
+only promises atomicity: `modify_jobs` locks the named rows, hands each current row to the
+kernel's pure ``decide`` function and applies the returned `Change` in the same transaction.
+That is how two nodes on one PostgreSQL never both ack, fail or reclaim the same job.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from .errors import ConveyorError
+from .models import Job
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Set these `Job` fields (by field name, Python values) on the row."""
+
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove the row (``remove_on_complete`` / ``remove_on_fail``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Leave the row alone and report ``error`` for this id."""
+
+    error: ConveyorError
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Leave the row alone silently (a maintenance sweep found it already handled)."""
+
+
+Change = Update | Delete | Reject | Skip
+Decide = Callable[[UUID, "Job | None"], Change]
+"""Pure function from (id, current row or None) to the change to apply. Runs inside the
+backend's transaction, possibly on another thread: it must not block or touch the storage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Modified:
+    """Outcome of one id in `Storage.modify_jobs`: the row as it was, and what was done."""
+
+    id: UUID
+    before: Job | None
+    change: Change
+
+
+@dataclass(slots=True)
+class QueueRow:
+    name: str
+    paused: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class Storage(abc.ABC):
+    """A durable job store. Every method is one transaction; every write is durable on return.
+
+    Implementations translate backend exceptions into `conveyor.errors` (``DuplicateKeyError``
+    for unique-key conflicts, ``QueuePausedError``, ``StorageError`` for the rest).
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and create or migrate the schema. Called once before any other method."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release connections. Safe to call twice."""
+
+    @abc.abstractmethod
+    async def insert_jobs(self, jobs: Sequence[Job], data_texts: Sequence[str | None] | None = None) -> None:
+        """Insert all jobs or none. ``data_texts`` optionally gives each job's ``data`` already
+        serialized (the kernel serialized it to check its size), so it is not encoded twice.
+
+        Raises ``QueuePausedError`` if any target queue is paused and ``DuplicateKeyError`` if a
+        unique key is already held by a non-terminal job of the same queue (or twice in ``jobs``).
+        """
+
+    @abc.abstractmethod
+    async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
+        """Move up to ``count`` waiting jobs of an unpaused queue to active, highest priority
+        first, then oldest (LIFO jobs ahead of FIFO ones of equal priority). Returns them in that
+        order with ``state``, ``started_at``, ``last_heartbeat`` and ``worker_id`` set. A job is
+        claimed by exactly one caller, whatever the number of processes or nodes."""
+
+    @abc.abstractmethod
+    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide) -> list[Modified]:
+        """Lock the rows, call ``decide`` once per id (in the given order) and apply the changes
+        atomically. Returns one `Modified` per id, in order."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: UUID) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, queue: str, state: str, *, limit: int, offset: int = 0, newest_first: bool = True
+    ) -> list[Job]:
+        """Jobs of one queue in one state, ordered by last update."""
+
+    @abc.abstractmethod
+    async def promote_delayed(self, now_ms: int) -> int:
+        """Move every delayed job whose ``delay_until`` has passed to waiting. Idempotent."""
+
+    @abc.abstractmethod
+    async def find_overdue(self, now_ms: int, stall_before_ms: int, limit: int) -> dict[str, list[UUID]]:
+        """Candidates for the maintenance sweep (re-checked by ``decide`` under lock):
+        ``stalled`` (active, last heartbeat before ``stall_before_ms``), ``timed_out`` (active
+        past ``timeout_ms``) and ``expired`` (not started and past ``ttl_ms``)."""
+
+    @abc.abstractmethod
+    async def queues(self, queue: str | None = None) -> list[QueueRow]:
+        """Every known queue (one with jobs or a pause flag), or just ``queue``, with counts by
+        state."""
+
+    @abc.abstractmethod
+    async def set_paused(self, queue: str, paused: bool, now_ms: int) -> None:
+        """Persist the pause flag of a queue."""
+
+    @abc.abstractmethod
+    async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
+        """Return when a job may have become waiting in ``queue`` or after ``timeout_s``.
+
+        Wake-ups may be spurious; callers re-check by claiming."""
+
+    @abc.abstractmethod
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Best-effort cluster-wide lock for a maintenance sweep: yields whether this node holds
+        it. Correctness never depends on it (every sweep is safe to run twice); it saves work."""
+

@@ -1,0 +1,83 @@
+"""`SyncConveyor`: the embedded API for programs that are not async.
+
+It runs a `Conveyor` on an event loop in a background thread (an anyio blocking portal) and
+forwards each call, so the same method names block until done. The maintenance loop and event
+sinks keep running on that thread between calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from .app import Conveyor
+
+API = (
+    "push", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat",
+    "get", "stats", "queues", "pause", "resume", "dlq",
+)  # fmt: skip
+
+
+class SyncConveyor:
+    """``with SyncConveyor("sqlite:///jobs.db") as app: app.push("q", "job")``.
+
+    Takes the same arguments as `Conveyor`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.app = Conveyor(*args, **kwargs)
+        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
+        self._app_cm: AbstractContextManager[Conveyor] | None = None
+        self._portal: BlockingPortal | None = None
+
+    def open(self) -> SyncConveyor:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._app_cm = self._portal.wrap_async_context_manager(self.app)
+        try:
+            self._app_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = self._portal_cm = self._app_cm = None
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._app_cm is None or self._portal_cm is None:
+            return
+        try:
+            self._app_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+            self._portal = self._portal_cm = self._app_cm = None
+
+    def __enter__(self) -> SyncConveyor:
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run any coroutine function on the app's loop and wait for it."""
+        if self._portal is None:
+            raise RuntimeError("SyncConveyor is not open: use 'with SyncConveyor(...)' or open()")
+        return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+
+def _blocking(name: str) -> Callable[..., Any]:
+    target = getattr(Conveyor, name)
+
+    @functools.wraps(target)
+    def method(self: SyncConveyor, *args: Any, **kwargs: Any) -> Any:
+        return self.call(getattr(self.app, name), *args, **kwargs)
+
+    return method
+
+
+for _name in API:
+    setattr(SyncConveyor, _name, _blocking(_name))

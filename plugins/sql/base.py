@@ -1,0 +1,108 @@
+"""`SqlStorage`: the `Storage` methods mapped onto the primitives, for any SQL backend.
+
+A backend supplies `_run` (execute one primitive in one transaction, notifying the queues it
+woke) plus open/close/exclusive; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+import anyio
+from sqlalchemy import Connection
+
+from conveyor.models import Job
+from conveyor.storage import Decide, Modified, QueueRow, Storage
+
+from . import primitives as p
+
+T = TypeVar("T")
+
+Primitive = Callable[..., tuple[T, set[str]]]
+
+
+class Wakeups:
+    """Per-queue wake-up signals for waiting pullers, used on the event loop thread only."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, anyio.Event] = {}
+
+    def wake(self, queues: set[str]) -> None:
+        for queue in queues:
+            event = self._events.pop(queue, None)
+            if event is not None:
+                event.set()
+
+    def wake_all(self) -> None:
+        self.wake(set(self._events))
+
+    async def wait(self, queue: str, timeout_s: float) -> None:
+        event = self._events.get(queue)
+        if event is None:
+            event = self._events[queue] = anyio.Event()
+        with anyio.move_on_after(timeout_s):
+            await event.wait()
+
+
+def _plain(fn: Callable[..., T]) -> Callable[..., tuple[T, set[str]]]:
+    def run(conn: Connection, *args: Any) -> tuple[T, set[str]]:
+        return fn(conn, *args), set()
+
+    return run
+
+
+class SqlStorage(Storage, abc.ABC):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.wakeups = Wakeups()
+
+    @abc.abstractmethod
+    async def _run(self, fn: Primitive[T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit."""
+
+    async def insert_jobs(self, jobs: Sequence[Job], data_texts: Sequence[str | None] | None = None) -> None:
+        texts = data_texts if data_texts is not None else [None] * len(jobs)
+        await self._run(_insert, list(zip(jobs, texts, strict=True)))
+
+    async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
+        return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id)
+
+    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide) -> list[Modified]:
+        return await self._run(p.modify_jobs, ids, decide)
+
+    async def get_job(self, job_id: UUID) -> Job | None:
+        return await self._run(_plain(p.get_job), job_id)
+
+    async def list_jobs(
+        self, queue: str, state: str, *, limit: int, offset: int = 0, newest_first: bool = True
+    ) -> list[Job]:
+        return await self._run(_plain(p.list_jobs), queue, state, limit, offset, newest_first)
+
+    async def promote_delayed(self, now_ms: int) -> int:
+        return await self._run(p.promote_delayed, now_ms)
+
+    async def find_overdue(self, now_ms: int, stall_before_ms: int, limit: int) -> dict[str, list[UUID]]:
+        return await self._run(_plain(p.find_overdue), now_ms, stall_before_ms, limit)
+
+    async def queues(self, queue: str | None = None) -> list[QueueRow]:
+        return await self._run(_plain(p.list_queues), queue)
+
+    async def set_paused(self, queue: str, paused: bool, now_ms: int) -> None:
+        await self._run(_with_woken(p.set_paused), queue, paused, now_ms)
+
+    async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
+        await self.wakeups.wait(queue, timeout_s)
+
+
+def _insert(conn: Connection, batch: Sequence[tuple[Job, str | None]]) -> tuple[None, set[str]]:
+    return None, p.insert_jobs(conn, batch)
+
+
+def _with_woken(fn: Callable[..., set[str]]) -> Callable[..., tuple[None, set[str]]]:
+    def run(conn: Connection, *args: Any) -> tuple[None, set[str]]:
+        return None, fn(conn, *args)
+
+    return run

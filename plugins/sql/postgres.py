@@ -1,0 +1,154 @@
+"""PostgreSQL backend: the multi-node mode.
+
+Primitives run through SQLAlchemy's async engine (psycopg 3) with ``run_sync``, so their SQL is
+the same code SQLite runs. Claims use ``FOR UPDATE SKIP LOCKED``; queues that gain waiting jobs
+are announced with ``pg_notify`` inside the same transaction (delivered on commit), and one
+LISTEN connection per node wakes its waiting pullers. ``?schema=NAME`` in the URL keeps all
+tables in that schema (created if missing), which is how tests share one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any, TypeVar
+
+import psycopg
+from sqlalchemy import Connection, func, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from conveyor.errors import ConveyorError, StorageError, ValidationError
+
+from .base import Primitive, SqlStorage
+from .primitives import ensure_schema
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CHANNEL = "conveyor_jobs"
+SAFETY_POLL_S = 2.0
+"""Waiting pullers re-check at least this often, in case a notification was missed."""
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+
+
+def _lock_key(name: str) -> int:
+    return zlib.crc32(f"conveyor:{name}".encode())
+
+
+class PostgresStorage(SqlStorage):
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        super().__init__(url)
+        parsed = make_url(url)
+        self.schema = parsed.query.get("schema")
+        if isinstance(self.schema, tuple):
+            self.schema = self.schema[-1]
+        if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
+            raise ValidationError(f"schema {self.schema!r} in the storage URL is not a plain identifier", field="storage")
+        base = parsed.difference_update_query(["schema"])
+        self._sa_url = base.set(drivername="postgresql+psycopg")
+        self._conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        connect_args: dict[str, Any] = {}
+        if self.schema:
+            connect_args["options"] = f"-csearch_path={self.schema}"
+        self._engine = create_async_engine(
+            self._sa_url, pool_size=self._pool_size, max_overflow=self._pool_size, connect_args=connect_args,
+            pool_pre_ping=False,
+        )
+        try:
+            async with self._engine.begin() as conn:
+                # Nodes starting together must not race to create the same tables.
+                await conn.execute(select(func.pg_advisory_xact_lock(_lock_key("schema"))))
+                if self.schema:
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
+                await conn.run_sync(ensure_schema)
+        except SQLAlchemyError as exc:
+            await self._engine.dispose()
+            self._engine = None
+            raise StorageError(f"cannot open {self._safe_url()}: {getattr(exc, 'orig', exc)}") from None
+        ready = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(ready), name="conveyor-pg-listen")
+        with suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ready.wait(), timeout=5)
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await listener
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+        self.wakeups.wake_all()
+
+    def _safe_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    async def _run(self, fn: Primitive[T], *args: Any) -> T:
+        if self._engine is None:
+            raise StorageError(f"storage {self._safe_url()} is closed")
+        try:
+            async with self._engine.begin() as conn:
+                result, woken = await conn.run_sync(_and_notify, fn, args)
+        except ConveyorError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(f"postgresql error: {getattr(exc, 'orig', exc)}") from None
+        if woken:
+            self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
+        return result
+
+    async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
+        await super().wait_for_jobs(queue, min(timeout_s, SAFETY_POLL_S))
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[bool]:
+        if self._engine is None:
+            raise StorageError("storage is closed")
+        key = _lock_key(name)
+        async with self._engine.connect() as conn:
+            held = bool(await conn.scalar(select(func.pg_try_advisory_lock(key))))
+            await conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    await conn.scalar(select(func.pg_advisory_unlock(key)))
+                    await conn.commit()
+
+    async def _listen(self, ready: asyncio.Event) -> None:
+        delay = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    ready.set()
+                    delay = 0.1
+                    self.wakeups.wake_all()  # anything pushed while we were not listening
+                    async for note in conn.notifies():
+                        self.wakeups.wake({note.payload})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - keep listening; pullers poll meanwhile
+                log.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _and_notify(conn: Connection, fn: Primitive[T], args: tuple[Any, ...]) -> tuple[T, set[str]]:
+    result, woken = fn(conn, *args)
+    for queue in sorted(woken):
+        conn.execute(select(func.pg_notify(CHANNEL, queue)))
+    return result, woken

@@ -1,0 +1,104 @@
+"""The schema, defined once with SQLModel; hot paths use SQLAlchemy Core on these tables.
+
+Times are integer milliseconds since the epoch (UTC) so ordering, comparison and arithmetic
+are the same on SQLite and PostgreSQL. JSON payloads are stored as the exact text that the
+kernel size-checked.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, text
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
+
+
+def _ms(nullable: bool = True) -> Column:  # type: ignore[type-arg]
+    return Column(BigInteger, nullable=nullable)
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "conveyor_jobs"
+    __table_args__ = (
+        # claim: WHERE queue=? AND state='waiting' ORDER BY priority DESC, order_key, id
+        Index("ix_conveyor_jobs_claim", "queue", "state", text("priority DESC"), "order_key", "id"),
+        Index("ix_conveyor_jobs_listing", "queue", "state", "updated_at"),
+        Index("ix_conveyor_jobs_delayed", "state", "delay_until"),
+        Index("ix_conveyor_jobs_heartbeat", "state", "last_heartbeat"),
+        Index("ix_conveyor_jobs_deadline", "deadline_at"),
+        Index("ix_conveyor_jobs_expires", "expires_at"),
+        Index("ix_conveyor_jobs_flow", "flow_id"),
+        # Unique keys are held only by pending jobs: a completed job frees its key.
+        Index(
+            "ux_conveyor_jobs_unique_key",
+            "queue",
+            "unique_key",
+            unique=True,
+            sqlite_where=text(f"unique_key IS NOT NULL AND state IN {PENDING_STATES_SQL}"),
+            postgresql_where=text(f"unique_key IS NOT NULL AND state IN {PENDING_STATES_SQL}"),
+        ),
+    )
+
+    id: uuid.UUID = Field(primary_key=True)
+    custom_id: str | None = None
+    name: str
+    queue: str = Field(max_length=256)
+    data: str | None = Field(default=None, sa_type=Text)
+    result: str | None = Field(default=None, sa_type=Text)
+    state: str = Field(max_length=16)
+    progress: int = 0
+    logs: str | None = Field(default=None, sa_type=Text)
+    priority: int = Field(default=0, sa_type=Integer)
+    order_key: int = Field(sa_column=_ms(nullable=False))
+    delay_until: int | None = Field(default=None, sa_column=_ms())
+    created_at: int = Field(sa_column=_ms(nullable=False))
+    updated_at: int = Field(sa_column=_ms(nullable=False))
+    started_at: int | None = Field(default=None, sa_column=_ms())
+    completed_at: int | None = Field(default=None, sa_column=_ms())
+    max_attempts: int = 3
+    attempt: int = 0
+    backoff: str = Field(default="exponential", max_length=16)
+    backoff_delay_ms: int = Field(default=1000, sa_column=_ms(nullable=False))
+    last_error: str | None = Field(default=None, sa_type=Text)
+    ttl_ms: int | None = Field(default=None, sa_column=_ms())
+    timeout_ms: int | None = Field(default=None, sa_column=_ms())
+    unique_key: str | None = None
+    tags: str | None = Field(default=None, sa_type=Text)
+    group_id: str | None = None
+    metadata_: str | None = Field(default=None, sa_column=Column("metadata", Text, nullable=True))
+    depends_on: str | None = Field(default=None, sa_type=Text)
+    flow_id: str | None = None
+    lifo: bool = False
+    remove_on_complete: bool = False
+    remove_on_fail: bool = False
+    worker_id: str | None = None
+    last_heartbeat: int | None = Field(default=None, sa_column=_ms())
+    deadline_at: int | None = Field(default=None, sa_column=_ms())
+    """started_at + timeout_ms while active: the timeout sweep reads one indexed column."""
+    expires_at: int | None = Field(default=None, sa_column=_ms())
+    """created_at + ttl_ms until the job first starts: the TTL sweep reads one indexed column."""
+
+
+class QueueRow(SQLModel, table=True):
+    __tablename__ = "conveyor_queues"
+
+    name: str = Field(primary_key=True, max_length=256)
+    paused: bool = False
+    updated_at: int = Field(sa_column=_ms(nullable=False))
+
+
+class MetaRow(SQLModel, table=True):
+    __tablename__ = "conveyor_meta"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(sa_type=Text)
+
+
+jobs = JobRow.__table__  # type: ignore[attr-defined]
+queues = QueueRow.__table__  # type: ignore[attr-defined]
+meta = MetaRow.__table__  # type: ignore[attr-defined]
+metadata = SQLModel.metadata
