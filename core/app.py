@@ -205,7 +205,7 @@ class Conveyor:
             )
         now = ms_to_dt(now_ms)
         delayed = o.delay_ms > 0
-        job = Job.model_construct(
+        job = Job.trusted(dict(
             id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
             state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
             delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
@@ -214,7 +214,7 @@ class Conveyor:
             unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=[],
             flow_id=o.flow_id, lifo=o.lifo, remove_on_complete=o.remove_on_complete,
             remove_on_fail=o.remove_on_fail, worker_id=None, last_heartbeat=None,
-        )  # fmt: skip
+        ))  # fmt: skip
         return job, data_text
 
     # -- work ------------------------------------------------------------------------------------
@@ -240,7 +240,8 @@ class Conveyor:
         limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
         now = self.now_ms()
         done = await self._modify_one(job_id, lifecycle.decide_ack({job_id: result}, now))
-        self._emit([_event("job.completed", done, now)])
+        if self.events.active:
+            self._emit([_event("job.completed", done, now)])
 
     async def ack_batch(self, items: Sequence[AckItem | dict[str, Any]]) -> list[AckResult]:
         """Ack many jobs in one transaction; one `AckResult` per item, in order."""
@@ -248,14 +249,7 @@ class Conveyor:
             raise ValidationError("items must be a list of {id, result} objects", field="items")
         if not 1 <= len(items) <= limits.MAX_BATCH:
             raise ValidationError(f"items must hold 1 to {limits.MAX_BATCH} entries, got {len(items)}", field="items")
-        parsed: list[AckItem | ValidationError] = []
-        for index, item in enumerate(items):
-            try:
-                ack = limits.parse(AckItem, item, f"items[{index}]")
-                limits.check_json_bytes(f"items[{index}].result", ack.result, limits.MAX_DATA_BYTES)
-                parsed.append(ack)
-            except ValidationError as exc:
-                parsed.append(exc)
+        parsed = [_parse_ack_item(index, item) for index, item in enumerate(items)]
         valid = [p for p in parsed if isinstance(p, AckItem)]
         now = self.now_ms()
         outcomes = iter(
@@ -268,14 +262,15 @@ class Conveyor:
             if isinstance(entry, ValidationError):
                 raw = items[index]
                 raw_id = raw.get("id") if isinstance(raw, dict) else None
-                results.append(AckResult(id=str(raw_id), ok=False, error=entry.to_wire()))
+                results.append(AckResult.model_construct(id=str(raw_id), ok=False, error=entry.to_wire()))
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):
-                results.append(AckResult(id=str(entry.id), ok=False, error=done.change.error.to_wire()))
+                results.append(AckResult.model_construct(id=str(entry.id), ok=False, error=done.change.error.to_wire()))
             else:
-                results.append(AckResult(id=str(entry.id), ok=True))
-                events.append(_event("job.completed", done, now))
+                results.append(AckResult.model_construct(id=str(entry.id), ok=True, error=None))
+                if self.events.active:
+                    events.append(_event("job.completed", done, now))
         self._emit(events)
         return results
 
@@ -289,7 +284,8 @@ class Conveyor:
         done = await self._modify_one(job_id, lifecycle.decide_fail(error, now))
         assert done.before is not None
         plan = lifecycle.plan_failure(done.before, error, now)
-        self._emit(_failure_events(done, plan, error, now))
+        if self.events.active:
+            self._emit(_failure_events(done, plan, error, now))
         next_at = ms_to_dt(plan.next_attempt_ms) if plan.next_attempt_ms is not None else None
         return FailOutcome(id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state)
 
@@ -298,7 +294,8 @@ class Conveyor:
         job_id = limits.check_job_id(job_id)
         now = self.now_ms()
         done = await self._modify_one(job_id, lifecycle.decide_cancel(now))
-        self._emit([_event("job.cancelled", done, now)])
+        if self.events.active:
+            self._emit([_event("job.cancelled", done, now)])
 
     async def progress(self, job_id: UUID | str, progress: int | float, message: str | None = None) -> None:
         """Report progress (clamped to 0-100); ``message`` is appended to the job's logs."""
@@ -309,10 +306,11 @@ class Conveyor:
         value = int(round(max(-1.0, min(101.0, float(progress)))))
         now = self.now_ms()
         done = await self._modify_one(job_id, lifecycle.decide_progress(value, message, now))
-        data: dict[str, Any] = {"progress": max(0, min(100, value))}
-        if message is not None:
-            data["message"] = message
-        self._emit([_event("job.progress", done, now, data)])
+        if self.events.active:
+            data: dict[str, Any] = {"progress": max(0, min(100, value))}
+            if message is not None:
+                data["message"] = message
+            self._emit([_event("job.progress", done, now, data)])
 
     async def heartbeat(self, job_id: UUID | str) -> None:
         """Extend an active job's lease so stall detection leaves it alone."""
@@ -394,6 +392,19 @@ def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now
     if plan.state is JobState.DLQ:
         events.append(_event("job.dlq", done, now_ms))
     return events
+
+
+def _parse_ack_item(index: int, item: Any) -> AckItem | ValidationError:
+    where = f"items[{index}]"
+    try:
+        if isinstance(item, dict) and item.keys() <= {"id", "result"}:  # the common shape, fast
+            ack = AckItem.model_construct(id=limits.check_job_id(item.get("id"), f"{where}.id"), result=item.get("result"))
+        else:
+            ack = limits.parse(AckItem, item, where)
+        limits.check_json_bytes(f"{where}.result", ack.result, limits.MAX_DATA_BYTES)
+        return ack
+    except ValidationError as exc:
+        return exc
 
 
 def _prefixed(exc: ValidationError, where: str) -> ValidationError:

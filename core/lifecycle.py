@@ -29,7 +29,7 @@ def ms_to_dt(ms: int) -> datetime:
 
 
 def dt_to_ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
+    return round(dt.timestamp() * 1000)
 
 
 def backoff_ms(strategy: Backoff, base_ms: int, attempt: int) -> int:

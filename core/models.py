@@ -158,6 +158,19 @@ class Job(BaseModel):
     worker_id: str | None = None
     last_heartbeat: datetime | None = None
 
+    @classmethod
+    def trusted(cls, values: dict[str, Any]) -> Job:
+        """Build from a complete dict of already-valid field values, skipping validation.
+
+        For storage rows and jobs the kernel just validated: ``model_construct`` costs ~20 µs
+        per job on the hot path, this ~1 µs. ``values`` must hold every field."""
+        job = cls.__new__(cls)
+        object.__setattr__(job, "__dict__", values)
+        object.__setattr__(job, "__pydantic_fields_set__", set(values))
+        object.__setattr__(job, "__pydantic_extra__", None)
+        object.__setattr__(job, "__pydantic_private__", None)
+        return job
+
     def to_wire(self) -> dict[str, Any]:
         """JSON-ready dict; ``metadata`` is omitted when null (RustQueue compatibility)."""
         out = self.model_dump(mode="json")

@@ -1,44 +1,59 @@
-"""Job model <-> table row. Hot path: rows are decoded without re-validating what we wrote."""
+"""Job model <-> table row, in `COLUMNS` order.
+
+This is the per-job hot path of every push, pull and ack, so it is written out field by field
+rather than looped: rows we wrote are decoded without re-validation (`Job.trusted`).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
 from conveyor._limits import dumps
-from conveyor.lifecycle import dt_to_ms, ms_to_dt
+from conveyor.lifecycle import dt_to_ms
 from conveyor.models import Backoff, Job, JobState, LogEntry
+
+from .dialect import COLUMNS, Dialect
 
 TIME_FIELDS = frozenset({"delay_until", "created_at", "updated_at", "started_at", "completed_at", "last_heartbeat"})
 JSON_FIELDS = frozenset({"data", "result", "metadata"})
-LIST_FIELDS = frozenset({"tags", "depends_on"})
-
 _STATES = {s.value: s for s in JobState}
 _BACKOFFS = {b.value: b for b in Backoff}
-_PLAIN = (
-    "custom_id", "name", "queue", "progress", "priority", "max_attempts", "attempt",
-    "backoff_delay_ms", "last_error", "ttl_ms", "timeout_ms", "unique_key", "group_id",
-    "flow_id", "lifo", "remove_on_complete", "remove_on_fail", "worker_id",
+_UTC = timezone.utc
+_from_ts = datetime.fromtimestamp
+_loads = json.loads
+
+EXPECTED_COLUMNS = (
+    "id", "custom_id", "name", "queue", "data", "result", "state", "progress", "logs", "priority",
+    "order_key", "delay_until", "created_at", "updated_at", "started_at", "completed_at",
+    "max_attempts", "attempt", "backoff", "backoff_delay_ms", "last_error", "ttl_ms", "timeout_ms",
+    "unique_key", "tags", "group_id", "metadata", "depends_on", "flow_id", "lifo",
+    "remove_on_complete", "remove_on_fail", "worker_id", "last_heartbeat", "deadline_at",
+    "expires_at",
 )  # fmt: skip
+if COLUMNS != EXPECTED_COLUMNS:  # pragma: no cover - guards the hand-written order below
+    raise ImportError(f"conveyor_jobs columns changed; update codec.py: {COLUMNS}")
 
 
-def _encode_logs(logs: list[LogEntry]) -> str | None:
+def encode_logs(logs: list[LogEntry]) -> str | None:
     if not logs:
         return None
     return dumps([{"timestamp": e.timestamp.isoformat(), "message": e.message} for e in logs])
 
 
 def encode_value(field: str, value: Any) -> Any:
-    """One `Job` field value -> its column value."""
+    """One `Job` field value -> its column value (ids are left to the dialect)."""
+    if value is None:
+        return None
     if field in TIME_FIELDS:
-        return None if value is None else dt_to_ms(value)
+        return dt_to_ms(value)
     if field in JSON_FIELDS:
-        return None if value is None else dumps(value)
+        return dumps(value)
     if field == "logs":
-        return _encode_logs(value)
+        return encode_logs(value)
     if field == "tags":
         return dumps(value) if value else None
     if field == "depends_on":
@@ -52,40 +67,82 @@ def encode_values(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: encode_value(k, v) for k, v in values.items()}
 
 
-def encode_job(job: Job, *, data_text: str | None = None) -> dict[str, Any]:
-    """A full row for insert. ``data_text`` is the already-serialized payload when known."""
-    row = encode_values({name: getattr(job, name) for name in Job.model_fields})
-    if data_text is not None:
-        row["data"] = data_text
-    created = row["created_at"]
-    row["order_key"] = -created if job.lifo else created
-    row["expires_at"] = created + job.ttl_ms if job.ttl_ms else None
-    row["deadline_at"] = None
-    return row
+def _ms(dt: datetime | None) -> int | None:
+    return None if dt is None else round(dt.timestamp() * 1000)
 
 
-def decode_job(row: Mapping[str, Any]) -> Job:
-    values: dict[str, Any] = {name: row[name] for name in _PLAIN}
-    values["id"] = row["id"]
-    values["state"] = _STATES[row["state"]]
-    values["backoff"] = _BACKOFFS[row["backoff"]]
-    for name in TIME_FIELDS:
-        ms = row[name]
-        values[name] = None if ms is None else ms_to_dt(ms)
-    for name in ("data", "result"):
-        text = row[name]
-        values[name] = None if text is None else json.loads(text)
-    meta = row["metadata"]
-    values["metadata"] = None if meta is None else json.loads(meta)
-    tags = row["tags"]
-    values["tags"] = json.loads(tags) if tags else []
-    deps = row["depends_on"]
-    values["depends_on"] = [UUID(d) for d in json.loads(deps)] if deps else []
-    logs = row["logs"]
-    values["logs"] = (
-        [LogEntry(timestamp=datetime.fromisoformat(e["timestamp"]), message=e["message"]) for e in json.loads(logs)]
-        if logs
-        else []
-    )
-    return Job.model_construct(**values)
+def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tuple[Any, ...]:
+    """A full row for insert. ``data_text`` is ``data`` already serialized by the kernel."""
+    j = job.__dict__
+    created = _ms(j["created_at"])
+    assert created is not None
+    data = data_text if data_text is not None else (None if j["data"] is None else dumps(j["data"]))
+    ttl = j["ttl_ms"]
+    return (
+        dialect.encode_id(j["id"]), j["custom_id"], j["name"], j["queue"],
+        None if data == "null" else data,
+        None if j["result"] is None else dumps(j["result"]),
+        j["state"].value, j["progress"], encode_logs(j["logs"]), j["priority"],
+        -created if j["lifo"] else created,
+        _ms(j["delay_until"]), created, _ms(j["updated_at"]), _ms(j["started_at"]), _ms(j["completed_at"]),
+        j["max_attempts"], j["attempt"], j["backoff"].value, j["backoff_delay_ms"], j["last_error"],
+        ttl, j["timeout_ms"], j["unique_key"],
+        dumps(j["tags"]) if j["tags"] else None,
+        j["group_id"],
+        None if j["metadata"] is None else dumps(j["metadata"]),
+        dumps([str(v) for v in j["depends_on"]]) if j["depends_on"] else None,
+        j["flow_id"], j["lifo"], j["remove_on_complete"], j["remove_on_fail"], j["worker_id"],
+        _ms(j["last_heartbeat"]),
+        None,
+        created + ttl if ttl else None,
+    )  # fmt: skip
 
+
+def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
+    """A `Job` from a row in `COLUMNS` order, built without validation (we wrote the row)."""
+    (
+        id_, custom_id, name, queue, data, result, state, progress, logs, priority,
+        _order_key, delay_until, created_at, updated_at, started_at, completed_at,
+        max_attempts, attempt, backoff, backoff_delay_ms, last_error, ttl_ms, timeout_ms,
+        unique_key, tags, group_id, metadata, depends_on, flow_id, lifo,
+        remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
+    ) = row  # fmt: skip
+    return Job.trusted({
+        "id": id_ if isinstance(id_, UUID) else UUID(id_),
+        "custom_id": custom_id,
+        "name": name,
+        "queue": queue,
+        "data": None if data is None else _loads(data),
+        "result": None if result is None else _loads(result),
+        "state": _STATES[state],
+        "progress": progress,
+        "logs": _decode_logs(logs) if logs else [],
+        "priority": priority,
+        "delay_until": None if delay_until is None else _from_ts(delay_until / 1000, tz=_UTC),
+        "created_at": _from_ts(created_at / 1000, tz=_UTC),
+        "updated_at": _from_ts(updated_at / 1000, tz=_UTC),
+        "started_at": None if started_at is None else _from_ts(started_at / 1000, tz=_UTC),
+        "completed_at": None if completed_at is None else _from_ts(completed_at / 1000, tz=_UTC),
+        "max_attempts": max_attempts,
+        "attempt": attempt,
+        "backoff": _BACKOFFS[backoff],
+        "backoff_delay_ms": backoff_delay_ms,
+        "last_error": last_error,
+        "ttl_ms": ttl_ms,
+        "timeout_ms": timeout_ms,
+        "unique_key": unique_key,
+        "tags": _loads(tags) if tags else [],
+        "group_id": group_id,
+        "metadata": None if metadata is None else _loads(metadata),
+        "depends_on": [UUID(d) for d in _loads(depends_on)] if depends_on else [],
+        "flow_id": flow_id,
+        "lifo": bool(lifo),
+        "remove_on_complete": bool(remove_on_complete),
+        "remove_on_fail": bool(remove_on_fail),
+        "worker_id": worker_id,
+        "last_heartbeat": None if last_heartbeat is None else _from_ts(last_heartbeat / 1000, tz=_UTC),
+    })
+
+
+def _decode_logs(text: str) -> list[LogEntry]:
+    return [LogEntry(timestamp=datetime.fromisoformat(e["timestamp"]), message=e["message"]) for e in _loads(text)]

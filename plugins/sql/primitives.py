@@ -1,9 +1,9 @@
-"""The storage primitives as synchronous SQLAlchemy Core functions over one connection.
+"""The storage primitives as synchronous functions over one SQLAlchemy connection.
 
 Both backends run exactly these functions inside a transaction: SQLite on its writer thread,
-PostgreSQL through ``AsyncConnection.run_sync``. Dialect differences (``FOR UPDATE SKIP
-LOCKED``, upsert) are expressed through SQLAlchemy, so the SQL of each primitive exists once.
-Each function returns its result and the set of queues that gained waiting jobs (for wake-ups).
+PostgreSQL through ``AsyncConnection.run_sync``. Hot statements go straight to the driver
+cursor with SQL written once (see `dialect`); cold ones use SQLAlchemy Core. Each function that
+can make jobs waiting also returns the set of queues it woke, for wake-ups after commit.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, bindparam, case, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
 from conveyor.errors import DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
@@ -23,33 +22,43 @@ from conveyor.models import Job, JobState
 from conveyor.storage import Decide, Delete, Modified, QueueRow, Update
 
 from .codec import decode_job, encode_job, encode_values
+from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
 from .tables import SCHEMA_VERSION, jobs, meta, metadata, queues
 
 Woken = set[str]
-PENDING = ("waiting", "delayed", "blocked", "active")
-_CLAIM_ORDER = (jobs.c.priority.desc(), jobs.c.order_key, jobs.c.id)
+PENDING_SQL = "('waiting', 'delayed', 'blocked', 'active')"
+_INSERT = f"INSERT INTO {TABLE} ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
-def _paused(conn: Connection, names: Sequence[str]) -> list[str]:
-    rows = conn.execute(select(queues.c.name).where(queues.c.name.in_(names), queues.c.paused.is_(True)))
-    return [r[0] for r in rows]
+def _cursor(conn: Connection) -> tuple[Any, Dialect]:
+    return conn.connection.cursor(), dialect_of(conn.dialect.name)
+
+
+def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
+    cur.execute(d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(names))})"), (True, *names))
+    return [row[0] for row in cur.fetchall()]
 
 
 def insert_jobs(conn: Connection, batch: Sequence[tuple[Job, str | None]]) -> Woken:
+    cur, d = _cursor(conn)
     names = sorted({job.queue for job, _ in batch})
-    if paused := _paused(conn, names):
-        raise QueuePausedError(f"queue {paused[0]!r} is paused", details={"queue": paused[0]})
-    _check_unique_keys(conn, [job for job, _ in batch])
+    if paused := _paused(cur, d, names):
+        raise QueuePausedError(f"queue {paused[0]!r} is paused: it accepts no new jobs", details={"queue": paused[0]})
+    _check_unique_keys(cur, d, [job for job, _ in batch])
+    rows = [encode_job(job, d, text) for job, text in batch]
     try:
-        conn.execute(insert(jobs), [encode_job(job, data_text=text) for job, text in batch])
-    except IntegrityError as exc:
-        if "unique_key" in str(exc.orig):
+        if len(rows) == 1:
+            cur.execute(d.sql(_INSERT), rows[0])
+        else:
+            cur.executemany(d.sql(_INSERT), rows)
+    except Exception as exc:
+        if "unique" in str(exc).lower() and "unique_key" in str(exc):
             raise DuplicateKeyError("unique_key is already held by a pending job (concurrent push)") from None
-        raise StorageError(f"insert refused by the database: {exc.orig}") from None
+        raise
     return {job.queue for job, _ in batch if job.state is JobState.WAITING}
 
 
-def _check_unique_keys(conn: Connection, batch: Sequence[Job]) -> None:
+def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
     """Name the conflicting key; the partial unique index still decides races atomically."""
     keyed = [(job.queue, job.unique_key) for job in batch if job.unique_key is not None]
     if not keyed:
@@ -63,13 +72,16 @@ def _check_unique_keys(conn: Connection, batch: Sequence[Job]) -> None:
     for queue, key in keyed:
         by_queue[queue].append(key)
     for queue, keys in by_queue.items():
-        held = conn.execute(
-            select(jobs.c.unique_key, jobs.c.id)
-            .where(jobs.c.queue == queue, jobs.c.unique_key.in_(keys), jobs.c.state.in_(PENDING))
-            .limit(1)
-        ).first()
+        cur.execute(
+            d.sql(
+                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND state IN {PENDING_SQL} "
+                f"AND unique_key IN ({d.placeholders(len(keys))}) LIMIT 1"
+            ),
+            (queue, *keys),
+        )
+        held = cur.fetchone()
         if held is not None:
-            raise _duplicate(queue, held[0], f"by pending job {held[1]}")
+            raise _duplicate(queue, held[0], f"by pending job {d.decode_id(held[1])}")
 
 
 def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
@@ -80,42 +92,54 @@ def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
 
 
 def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
-    if _paused(conn, [queue]):
+    cur, d = _cursor(conn)
+    if _paused(cur, d, [queue]):
         return []
-    chosen = (
-        select(jobs.c.id)
-        .where(jobs.c.queue == queue, jobs.c.state == "waiting")
-        .order_by(*_CLAIM_ORDER)
-        .limit(count)
-        .with_for_update(skip_locked=True)
+    cur.execute(
+        d.sql(
+            f"UPDATE {TABLE} SET state = 'active', started_at = ?, last_heartbeat = ?, updated_at = ?, "
+            "worker_id = ?, expires_at = NULL, "
+            "deadline_at = CASE WHEN timeout_ms IS NULL THEN NULL ELSE timeout_ms + ? END "
+            f"WHERE id IN (SELECT id FROM {TABLE} WHERE queue = ? AND state = 'waiting' "
+            f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}) AND state = 'waiting' "
+            f"RETURNING {COLUMN_LIST}"
+        ),
+        (now_ms, now_ms, now_ms, worker_id, now_ms, queue, count),
     )
-    stmt = (
-        update(jobs)
-        .where(jobs.c.id.in_(chosen.scalar_subquery()), jobs.c.state == "waiting")
-        .values(
-            state="active",
-            started_at=now_ms,
-            last_heartbeat=now_ms,
-            updated_at=now_ms,
-            worker_id=worker_id,
-            expires_at=None,
-            deadline_at=case((jobs.c.timeout_ms.is_not(None), literal(now_ms) + jobs.c.timeout_ms), else_=None),
+    rows = sorted(cur.fetchall(), key=_claim_order)  # RETURNING has no defined order
+    return [decode_job(row, d) for row in rows]
+
+
+_PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")
+
+
+def _claim_order(row: Sequence[Any]) -> tuple[int, int, str]:
+    return (-row[_PRIORITY], row[_ORDER_KEY], str(row[0]))
+
+
+def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, Job]:
+    found: dict[UUID, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = [d.encode_id(i) for i in ids[start : start + 500]]
+        cur.execute(
+            d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"),
+            chunk,
         )
-        .returning(*jobs.c)
-    )
-    claimed = [decode_job(row._mapping) for row in conn.execute(stmt)]
-    claimed.sort(key=lambda j: (-j.priority, -j.created_at.timestamp() if j.lifo else j.created_at.timestamp(), j.id))
-    return claimed
+        for row in cur.fetchall():
+            job = decode_job(row, d)
+            found[job.id] = job
+    return found
 
 
 def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[list[Modified], Woken]:
-    unique_ids = sorted(set(ids))  # one lock order everywhere: no deadlocks between nodes
-    rows = conn.execute(select(jobs).where(jobs.c.id.in_(unique_ids)).order_by(jobs.c.id).with_for_update())
-    current: dict[UUID, Job | None] = {row.id: decode_job(row._mapping) for row in rows}
+    cur, d = _cursor(conn)
+    # One lock order everywhere (sorted ids) so two nodes never deadlock on each other.
+    current: dict[UUID, Job | None] = dict(_select_for_update(cur, d, sorted(set(ids))))
     results: list[Modified] = []
     pending: dict[UUID, dict[str, Any]] = {}
-    deleted: set[UUID] = set()
+    deleted: list[UUID] = []
     woken: Woken = set()
+    repeated = len(set(ids)) < len(ids)  # an id given twice must see its own earlier change
     for job_id in ids:
         before = current.get(job_id)
         change = decide(job_id, before)
@@ -126,41 +150,51 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
             pending.setdefault(job_id, {}).update(change.values)
             if change.values.get("state") is JobState.WAITING:
                 woken.add(before.queue)
-            current[job_id] = apply(before, change)
+            if repeated:
+                current[job_id] = apply(before, change)
         elif isinstance(change, Delete):
-            deleted.add(job_id)
+            deleted.append(job_id)
             pending.pop(job_id, None)
             current[job_id] = None
-    _write_updates(conn, pending)
+    _write_updates(cur, d, pending)
     if deleted:
-        conn.execute(delete(jobs).where(jobs.c.id.in_(sorted(deleted))))
+        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"), [d.encode_id(i) for i in deleted])
     return results, woken
 
 
-def _write_updates(conn: Connection, pending: dict[UUID, dict[str, Any]]) -> None:
-    """One executemany per distinct set of columns (a batch ack is one statement)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) -> None:
+    """One executemany per distinct set of columns: a batch ack is one statement."""
+    groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = defaultdict(list)
     for job_id, values in pending.items():
         encoded = encode_values(values)
-        groups[tuple(sorted(encoded))].append({"_id": job_id, **{f"v_{k}": v for k, v in encoded.items()}})
+        columns = tuple(sorted(encoded))
+        groups[columns].append((*(encoded[c] for c in columns), d.encode_id(job_id)))
     for columns, params in groups.items():
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id == bindparam("_id"))
-            .values({c: bindparam(f"v_{c}") for c in columns})
-        )
-        conn.execute(stmt, params)
+        sql = d.sql(f"UPDATE {TABLE} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?")
+        if len(params) == 1:
+            cur.execute(sql, params[0])
+        else:
+            cur.executemany(sql, params)
 
 
 def get_job(conn: Connection, job_id: UUID) -> Job | None:
-    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
-    return None if row is None else decode_job(row._mapping)
+    cur, d = _cursor(conn)
+    cur.execute(d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id = ?"), (d.encode_id(job_id),))
+    row = cur.fetchone()
+    return None if row is None else decode_job(row, d)
 
 
 def list_jobs(conn: Connection, queue: str, state: str, limit: int, offset: int, newest_first: bool) -> list[Job]:
-    order = (jobs.c.updated_at.desc(), jobs.c.id.desc()) if newest_first else (jobs.c.updated_at, jobs.c.id)
-    stmt = select(jobs).where(jobs.c.queue == queue, jobs.c.state == state).order_by(*order).limit(limit).offset(offset)
-    return [decode_job(row._mapping) for row in conn.execute(stmt)]
+    cur, d = _cursor(conn)
+    direction = "DESC" if newest_first else "ASC"
+    cur.execute(
+        d.sql(
+            f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE queue = ? AND state = ? "
+            f"ORDER BY updated_at {direction}, id {direction} LIMIT ? OFFSET ?"
+        ),
+        (queue, state, limit, offset),
+    )
+    return [decode_job(row, d) for row in cur.fetchall()]
 
 
 def promote_delayed(conn: Connection, now_ms: int) -> tuple[int, Woken]:
@@ -206,7 +240,6 @@ def set_paused(conn: Connection, queue: str, paused: bool, now_ms: int) -> Woken
     return set() if paused else {queue}
 
 
-
 def ensure_schema(conn: Connection) -> None:
     """Create missing tables and record the schema version; refuse a newer database."""
     metadata.create_all(conn, checkfirst=True)
@@ -220,3 +253,5 @@ def ensure_schema(conn: Connection) -> None:
     elif int(found) < SCHEMA_VERSION:
         # Migrations from older versions go here, one function per version step.
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+
+

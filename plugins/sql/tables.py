@@ -17,29 +17,33 @@ SCHEMA_VERSION = 1
 PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
 
 
+def _partial(name: str, where: str, *columns: str, unique: bool = False) -> Index:
+    return Index(name, *columns, unique=unique, sqlite_where=text(where), postgresql_where=text(where))
+
+
 def _ms(nullable: bool = True) -> Column:  # type: ignore[type-arg]
     return Column(BigInteger, nullable=nullable)
 
 
 class JobRow(SQLModel, table=True):
     __tablename__ = "conveyor_jobs"
+    # Partial indexes hold only the rows a sweep looks for, so a push touches three B-trees
+    # (table, primary key, claim index) and a commit writes few pages to the WAL.
     __table_args__ = (
         # claim: WHERE queue=? AND state='waiting' ORDER BY priority DESC, order_key, id
         Index("ix_conveyor_jobs_claim", "queue", "state", text("priority DESC"), "order_key", "id"),
-        Index("ix_conveyor_jobs_listing", "queue", "state", "updated_at"),
-        Index("ix_conveyor_jobs_delayed", "state", "delay_until"),
-        Index("ix_conveyor_jobs_heartbeat", "state", "last_heartbeat"),
-        Index("ix_conveyor_jobs_deadline", "deadline_at"),
-        Index("ix_conveyor_jobs_expires", "expires_at"),
-        Index("ix_conveyor_jobs_flow", "flow_id"),
+        _partial("ix_conveyor_jobs_delayed", "state = 'delayed'", "delay_until"),
+        _partial("ix_conveyor_jobs_heartbeat", "state = 'active'", "last_heartbeat"),
+        _partial("ix_conveyor_jobs_deadline", "deadline_at IS NOT NULL", "deadline_at"),
+        _partial("ix_conveyor_jobs_expires", "expires_at IS NOT NULL", "expires_at"),
+        _partial("ix_conveyor_jobs_flow", "flow_id IS NOT NULL", "flow_id"),
         # Unique keys are held only by pending jobs: a completed job frees its key.
-        Index(
+        _partial(
             "ux_conveyor_jobs_unique_key",
+            f"unique_key IS NOT NULL AND state IN {PENDING_STATES_SQL}",
             "queue",
             "unique_key",
             unique=True,
-            sqlite_where=text(f"unique_key IS NOT NULL AND state IN {PENDING_STATES_SQL}"),
-            postgresql_where=text(f"unique_key IS NOT NULL AND state IN {PENDING_STATES_SQL}"),
         ),
     )
 

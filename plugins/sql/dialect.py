@@ -1,0 +1,51 @@
+"""The little that differs between SQLite and PostgreSQL on the hot paths.
+
+Hot statements (insert, claim, lock-and-update, get) bypass SQLAlchemy's per-call statement
+machinery, which costs ~190 µs per statement against ~5 µs for the driver cursor (measured in
+tests/benchmarks/RESULTS.md). Their SQL is written once with ``?`` placeholders over the column
+list of `tables.jobs`; this class adapts placeholders, id encoding and row locking.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+
+from .tables import jobs
+
+COLUMNS: tuple[str, ...] = tuple(c.name for c in jobs.columns)
+COLUMN_LIST = ", ".join(COLUMNS)
+TABLE = jobs.name
+
+
+class Dialect:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.postgres = name == "postgresql"
+        self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
+        self.for_update = " FOR UPDATE" if self.postgres else ""
+
+    @lru_cache(maxsize=256)  # noqa: B019 - two instances for the life of the process
+    def sql(self, text: str) -> str:
+        """Adapt ``?`` placeholders to the driver's paramstyle."""
+        return text.replace("?", "%s") if self.postgres else text
+
+    def placeholders(self, n: int) -> str:
+        return ", ".join("?" * n)
+
+    def encode_id(self, job_id: UUID) -> Any:
+        # SQLAlchemy's Uuid type stores CHAR(32) hex on SQLite and native uuid on PostgreSQL;
+        # the raw paths must agree with it so Core and raw statements see the same rows.
+        return job_id if self.postgres else job_id.hex
+
+    def decode_id(self, value: Any) -> UUID:
+        return value if isinstance(value, UUID) else UUID(value)
+
+
+SQLITE = Dialect("sqlite")
+POSTGRES = Dialect("postgresql")
+
+
+def dialect_of(name: str) -> Dialect:
+    return POSTGRES if name == "postgresql" else SQLITE

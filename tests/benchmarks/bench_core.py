@@ -1,0 +1,103 @@
+"""Core throughput: single push, batch push and drain (pull + ack in batches).
+
+Not part of the test run. Prints jobs/s per backend; numbers go to tests/benchmarks/RESULTS.md.
+
+    .venv/bin/python tests/benchmarks/bench_core.py [--jobs N] [--backend sqlite|postgres|all]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+
+import anyio
+
+from conveyor import Conveyor
+
+PG_URL = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def single_push(app: Conveyor, n: int, concurrency: int) -> float:
+    per_task = n // concurrency
+    start = time.perf_counter()
+
+    async def pusher(k: int) -> None:
+        for i in range(per_task):
+            await app.push("bench", "job", {"i": i, "k": k})
+
+    async with anyio.create_task_group() as tg:
+        for k in range(concurrency):
+            tg.start_soon(pusher, k)
+    return per_task * concurrency / (time.perf_counter() - start)
+
+
+async def batch_push(app: Conveyor, n: int, batch: int) -> float:
+    start = time.perf_counter()
+    for offset in range(0, n, batch):
+        await app.push_batch("bench", [{"name": "job", "data": {"i": offset + i}} for i in range(batch)])
+    return n / (time.perf_counter() - start)
+
+
+async def drain(app: Conveyor, n: int, batch: int, consumers: int = 1) -> float:
+    done = 0
+    start = time.perf_counter()
+
+    async def consumer() -> None:
+        nonlocal done
+        while True:
+            jobs = await app.pull("bench", batch)
+            if not jobs:
+                return
+            await app.ack_batch([{"id": job.id, "result": None} for job in jobs])
+            done += len(jobs)
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(consumers):
+            tg.start_soon(consumer)
+    elapsed = time.perf_counter() - start
+    assert done == n, f"drained {done} of {n}"
+    return n / elapsed
+
+
+async def run(url: str, label: str, n: int) -> None:
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        seq = await single_push(app, n // 4, 1)
+        conc = await single_push(app, n, 16)
+        drained_single = await drain(app, n // 4 + n, 100)
+        batched = await batch_push(app, n, 100)
+        drained = await drain(app, n, 100)
+        await batch_push(app, n, 100)
+        drained4 = await drain(app, n, 100, consumers=4)
+    print(f"{label:>10} | single push, 1 client  {seq:9,.0f}/s")
+    print(f"{label:>10} | single push, 16 tasks  {conc:9,.0f}/s")
+    print(f"{label:>10} | batch push (100)       {batched:9,.0f}/s")
+    print(f"{label:>10} | drain (pull+ack 100)   {drained:9,.0f}/s")
+    print(f"{label:>10} | drain, 4 consumers     {drained4:9,.0f}/s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--backend", choices=["sqlite", "memory", "postgres", "all"], default="all")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backend in ("sqlite", "all"):
+            anyio.run(run, f"sqlite:///{tmp}/bench.db", "sqlite", args.jobs)
+        if args.backend in ("memory", "all"):
+            anyio.run(run, "sqlite:///:memory:", "memory", args.jobs)
+    if args.backend in ("postgres", "all"):
+        schema = f"bench_{uuid.uuid4().hex[:8]}"
+        try:
+            anyio.run(run, f"{PG_URL}?schema={schema}", "postgres", args.jobs)
+        finally:
+            import psycopg
+
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+if __name__ == "__main__":
+    main()
