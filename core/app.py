@@ -33,7 +33,7 @@ from .models import (
     QueueCounts,
     QueueInfo,
 )
-from .storage import Decide, Modified, Reject, Skip, Storage, Update
+from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -134,6 +134,10 @@ class Conveyor:
         with anyio.CancelScope() as scope:
             self._maintenance_scope = scope
             await maintenance.run_forever(self)
+
+    async def run_maintenance(self) -> maintenance.SweepReport:
+        """Run one maintenance sweep now (the loop runs them every ``maintenance_interval_ms``)."""
+        return await maintenance.sweep(self)
 
     def protocol_servers(self) -> list[ProtocolServer]:
         """Every protocol server the plugins provide (server mode)."""
@@ -239,7 +243,7 @@ class Conveyor:
         job_id = limits.check_job_id(job_id)
         limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
         now = self.now_ms()
-        done = await self._modify_one(job_id, lifecycle.decide_ack({job_id: result}, now))
+        done = await self._modify_one(job_id, lifecycle.ack_transition({job_id: result}, now))
         if self.events.active:
             self._emit([_event("job.completed", done, now)])
 
@@ -252,11 +256,11 @@ class Conveyor:
         parsed = [_parse_ack_item(index, item) for index, item in enumerate(items)]
         valid = [p for p in parsed if isinstance(p, AckItem)]
         now = self.now_ms()
-        outcomes = iter(
-            await self.storage.modify_jobs([p.id for p in valid], lifecycle.decide_ack({p.id: p.result for p in valid}, now))
-            if valid
-            else []
-        )
+        first_results: dict[UUID, Any] = {}
+        for p in valid:
+            first_results.setdefault(p.id, p.result)  # a repeated id is refused, not re-acked
+        transition = lifecycle.ack_transition(first_results, now)
+        outcomes = iter(await self.storage.modify_jobs([p.id for p in valid], transition) if valid else [])
         results, events = [], []
         for index, entry in enumerate(parsed):
             if isinstance(entry, ValidationError):
@@ -348,7 +352,7 @@ class Conveyor:
 
     # -- shared plumbing ---------------------------------------------------------------------
 
-    async def _modify_one(self, job_id: UUID, decide: Decide) -> Modified:
+    async def _modify_one(self, job_id: UUID, decide: Decide | Transition) -> Modified:
         [done] = await self.storage.modify_jobs([job_id], decide)
         if isinstance(done.change, Reject):
             raise done.change.error
@@ -382,8 +386,7 @@ class Conveyor:
 
 
 def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
-    assert done.before is not None
-    return Event.model_construct(event=name, job_id=done.id, queue=done.before.queue, timestamp=ms_to_dt(now_ms), data=data or {})
+    return Event.model_construct(event=name, job_id=done.id, queue=done.queue, timestamp=ms_to_dt(now_ms), data=data or {})
 
 
 def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:

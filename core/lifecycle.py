@@ -7,15 +7,16 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
 
 from ._limits import MAX_LOG_ENTRIES
-from .errors import InvalidStateError, JobNotFoundError
+from .errors import ConveyorError, InvalidStateError, JobNotFoundError
 from .models import Backoff, Job, JobState, LogEntry
-from .storage import Change, Decide, Delete, Reject, Skip, Update
+from .storage import Change, Decide, Delete, Reject, Skip, Transition, Update
 
 MAX_BACKOFF_MS = 7 * 86_400_000
 """Backoff delays are capped at 7 days so large attempt counts cannot overflow a timestamp."""
@@ -63,20 +64,25 @@ def _need(job_id: UUID, job: Job | None, allowed: frozenset[JobState], action: s
 _ACTIVE = frozenset({JobState.ACTIVE})
 
 
-def decide_ack(results: dict[UUID, Any], now_ms: int) -> Decide:
+def _refusal(action: str, allowed: frozenset[JobState]) -> Callable[[UUID, Job | None], ConveyorError]:
+    def refuse(job_id: UUID, job: Job | None) -> ConveyorError:
+        refused = _need(job_id, job, allowed, action)
+        assert refused is not None, "refuse() called for a job the transition allowed"
+        return refused.error
+
+    return refuse
+
+
+def ack_transition(results: dict[UUID, Any], now_ms: int) -> Transition:
+    """active -> completed with its result, or removed when ``remove_on_complete``."""
     now = ms_to_dt(now_ms)
-
-    def decide(job_id: UUID, job: Job | None) -> Change:
-        if refused := _need(job_id, job, _ACTIVE, "ack"):
-            return refused
-        assert job is not None
-        if job.remove_on_complete:
-            return Delete()
-        return Update(
-            {"state": JobState.COMPLETED, "result": results.get(job_id), "completed_at": now, "updated_at": now}
-        )
-
-    return decide
+    return Transition(
+        from_states=_ACTIVE,
+        values={"state": JobState.COMPLETED, "completed_at": now, "updated_at": now},
+        per_id={job_id: {"result": result} for job_id, result in results.items()},
+        refuse=_refusal("ack", _ACTIVE),
+        delete_if="remove_on_complete",
+    )
 
 
 @dataclass(frozen=True, slots=True)

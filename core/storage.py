@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from .errors import ConveyorError
-from .models import Job
+from .models import Job, JobState
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +50,33 @@ backend's transaction, possibly on another thread: it must not block or touch th
 
 
 @dataclass(frozen=True, slots=True)
+class Transition:
+    """A guarded change described as data, so a backend can apply it set-based in one
+    statement without loading rows (the ack hot path).
+
+    Rows whose state is in ``from_states`` get ``values`` plus their own ``per_id`` values (every
+    entry has the same keys) -- or are deleted when their boolean field ``delete_if`` is true.
+    For every other id, ``refuse(id, current row or None)`` gives the error to report.
+    """
+
+    from_states: frozenset[JobState]
+    values: dict[str, Any]
+    per_id: dict[UUID, dict[str, Any]]
+    refuse: Callable[[UUID, "Job | None"], ConveyorError]
+    delete_if: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Modified:
-    """Outcome of one id in `Storage.modify_jobs`: the row as it was, and what was done."""
+    """Outcome of one id in `Storage.modify_jobs`: what was done, and the job's queue.
+
+    ``before`` is the row as it was when the change came from a `Decide`; a `Transition`
+    does not load rows, so there it is None and only ``queue`` is known."""
 
     id: UUID
     before: Job | None
     change: Change
+    queue: str | None = None
 
 
 @dataclass(slots=True)
@@ -99,9 +120,12 @@ class Storage(abc.ABC):
         claimed by exactly one caller, whatever the number of processes or nodes."""
 
     @abc.abstractmethod
-    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide) -> list[Modified]:
-        """Lock the rows, call ``decide`` once per id (in the given order) and apply the changes
-        atomically. Returns one `Modified` per id, in order."""
+    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
+        """Change jobs atomically; one `Modified` per id, in order.
+
+        With a `Decide`: lock the rows, call it once per id in the given order (an id given
+        twice sees its own earlier change) and apply the results. With a `Transition`: apply it
+        set-based; ids must be distinct."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: UUID) -> Job | None: ...

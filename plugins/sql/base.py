@@ -15,7 +15,7 @@ import anyio
 from sqlalchemy import Connection
 
 from conveyor.models import Job
-from conveyor.storage import Decide, Modified, QueueRow, Storage
+from conveyor.storage import Decide, Modified, QueueRow, Storage, Transition
 
 from . import primitives as p
 
@@ -70,7 +70,9 @@ class SqlStorage(Storage, abc.ABC):
     async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
         return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id)
 
-    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide) -> list[Modified]:
+    async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
+        if isinstance(decide, Transition):
+            return await self._run(p.transition_jobs, ids, decide)
         return await self._run(p.modify_jobs, ids, decide)
 
     async def get_job(self, job_id: UUID) -> Job | None:

@@ -108,7 +108,7 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
         remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
     ) = row  # fmt: skip
     return Job.trusted({
-        "id": id_ if isinstance(id_, UUID) else UUID(id_),
+        "id": dialect.decode_id(id_),
         "custom_id": custom_id,
         "name": name,
         "queue": queue,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from .tables import jobs
 
@@ -25,6 +25,9 @@ class Dialect:
         self.postgres = name == "postgresql"
         self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         self.for_update = " FOR UPDATE" if self.postgres else ""
+        # SQLite index entries point at the rowid: selecting and updating by rowid skips a
+        # primary-key index lookup per claimed row.
+        self.row_key = "id" if self.postgres else "rowid"
 
     @lru_cache(maxsize=256)  # noqa: B019 - two instances for the life of the process
     def sql(self, text: str) -> str:
@@ -40,7 +43,15 @@ class Dialect:
         return job_id if self.postgres else job_id.hex
 
     def decode_id(self, value: Any) -> UUID:
-        return value if isinstance(value, UUID) else UUID(value)
+        return value if isinstance(value, UUID) else uuid_from_hex(value)
+
+
+def uuid_from_hex(text: str) -> UUID:
+    """`UUID` from the 32-digit hex we stored, without re-parsing the canonical forms (~4x faster)."""
+    value = object.__new__(UUID)
+    object.__setattr__(value, "int", int(text, 16))
+    object.__setattr__(value, "is_safe", SafeUUID.unknown)
+    return value
 
 
 SQLITE = Dialect("sqlite")

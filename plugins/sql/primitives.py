@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from conveyor.errors import DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
-from conveyor.storage import Decide, Delete, Modified, QueueRow, Update
+from conveyor.storage import Decide, Delete, Modified, QueueRow, Reject, Transition, Update
 
 from .codec import decode_job, encode_job, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
@@ -95,16 +95,20 @@ def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id:
     cur, d = _cursor(conn)
     if _paused(cur, d, [queue]):
         return []
+    # The pick is a MATERIALIZED CTE: PostgreSQL would otherwise re-run an IN-subquery with
+    # LIMIT ... SKIP LOCKED per row and claim more than ``count`` jobs.
     cur.execute(
         d.sql(
+            f"WITH picked AS MATERIALIZED (SELECT {d.row_key} AS k FROM {TABLE} "
+            "WHERE queue = ? AND state = 'waiting' "
+            f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}) "
             f"UPDATE {TABLE} SET state = 'active', started_at = ?, last_heartbeat = ?, updated_at = ?, "
             "worker_id = ?, expires_at = NULL, "
             "deadline_at = CASE WHEN timeout_ms IS NULL THEN NULL ELSE timeout_ms + ? END "
-            f"WHERE id IN (SELECT id FROM {TABLE} WHERE queue = ? AND state = 'waiting' "
-            f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}) AND state = 'waiting' "
+            f"WHERE {d.row_key} IN (SELECT k FROM picked) AND state = 'waiting' "
             f"RETURNING {COLUMN_LIST}"
         ),
-        (now_ms, now_ms, now_ms, worker_id, now_ms, queue, count),
+        (queue, count, now_ms, now_ms, now_ms, worker_id, now_ms),
     )
     rows = sorted(cur.fetchall(), key=_claim_order)  # RETURNING has no defined order
     return [decode_job(row, d) for row in rows]
@@ -143,7 +147,7 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
     for job_id in ids:
         before = current.get(job_id)
         change = decide(job_id, before)
-        results.append(Modified(job_id, before, change))
+        results.append(Modified(job_id, before, change, before.queue if before else None))
         if before is None:
             continue
         if isinstance(change, Update):
@@ -160,6 +164,58 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
     if deleted:
         cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"), [d.encode_id(i) for i in deleted])
     return results, woken
+
+
+def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tuple[list[Modified], Woken]:
+    """Apply a `Transition` with one ``UPDATE ... FROM (VALUES ...)`` per chunk: no row loads."""
+    cur, d = _cursor(conn)
+    common = encode_values(t.values)
+    extra = sorted(next(iter(t.per_id.values()))) if t.per_id else []
+    sets = [f"{c} = ?" for c in common] + [f"{c} = v.{c}" for c in extra]
+    states = [s.value for s in t.from_states]
+    flag = f"{TABLE}.{t.delete_if}" if t.delete_if else "NULL"
+    done: dict[UUID, tuple[str, bool]] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        rows = ", ".join([f"({d.placeholders(1 + len(extra))})"] * len(chunk))
+        params: list[Any] = []
+        for job_id in chunk:
+            own = encode_values(t.per_id.get(job_id, {}))
+            params += [d.encode_id(job_id), *(own.get(c) for c in extra)]
+        cur.execute(
+            d.sql(
+                f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {rows}) "
+                f"UPDATE {TABLE} SET {', '.join(sets)} FROM v "
+                f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(len(states))}) "
+                f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}"
+            ),
+            [*params, *common.values(), *states],  # placeholder order: WITH rows, SET, states
+        )
+        for job_id, queue, delete in cur.fetchall():
+            done[d.decode_id(job_id)] = (queue, bool(delete))
+    doomed = [job_id for job_id, (_, delete) in done.items() if delete]
+    if doomed:
+        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), [d.encode_id(i) for i in doomed])
+    refused = _select_for_update(cur, d, sorted({i for i in ids if i not in done} | _repeats(ids)))
+    results: list[Modified] = []
+    first_seen: set[UUID] = set()
+    for job_id in ids:
+        if job_id in done and job_id not in first_seen:
+            first_seen.add(job_id)
+            queue, delete = done[job_id]
+            change = Delete() if delete else Update({**t.values, **t.per_id.get(job_id, {})})
+            results.append(Modified(job_id, None, change, queue))
+        else:
+            current = refused.get(job_id)
+            results.append(Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None))
+    woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
+    return results, woken
+
+
+def _repeats(ids: Sequence[UUID]) -> set[UUID]:
+    seen: set[UUID] = set()
+    return {i for i in ids if i in seen or seen.add(i)}  # type: ignore[func-returns-value]
 
 
 def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) -> None:

@@ -28,10 +28,12 @@ def _ms(nullable: bool = True) -> Column:  # type: ignore[type-arg]
 class JobRow(SQLModel, table=True):
     __tablename__ = "conveyor_jobs"
     # Partial indexes hold only the rows a sweep looks for, so a push touches three B-trees
-    # (table, primary key, claim index) and a commit writes few pages to the WAL.
+    # (table, primary key, claim index, queue/state index) and a commit writes few pages to the WAL.
     __table_args__ = (
-        # claim: WHERE queue=? AND state='waiting' ORDER BY priority DESC, order_key, id
-        Index("ix_conveyor_jobs_claim", "queue", "state", text("priority DESC"), "order_key", "id"),
+        # claim: WHERE queue=? AND state='waiting' ORDER BY priority DESC, order_key, id.
+        # Only waiting rows are in it: a claim removes one entry, an ack touches nothing.
+        _partial("ix_conveyor_jobs_claim", "state = 'waiting'", "queue", text("priority DESC"), "order_key", "id"),
+        Index("ix_conveyor_jobs_queue_state", "queue", "state"),
         _partial("ix_conveyor_jobs_delayed", "state = 'delayed'", "delay_until"),
         _partial("ix_conveyor_jobs_heartbeat", "state = 'active'", "last_heartbeat"),
         _partial("ix_conveyor_jobs_deadline", "deadline_at IS NOT NULL", "deadline_at"),
