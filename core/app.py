@@ -163,7 +163,7 @@ class Conveyor:
         body: dict[str, Any] = {"name": name, "data": data, **flat_options}
         if options is not None:
             body["options"] = options
-        spec = limits.parse(JobSpec, body)
+        spec = JobSpec.parse(body)
         job, text = self._new_job(limits.check_queue_name(queue), spec, self.now_ms())
         await self.storage.insert_jobs([job], [text])
         self._emit_pushed([job])
@@ -180,7 +180,7 @@ class Conveyor:
         built = []
         for index, item in enumerate(jobs):
             where = f"jobs[{index}]"
-            spec = limits.parse(JobSpec, item, where)
+            spec = JobSpec.parse(item, where)
             target = limits.check_queue_name(spec.queue, f"{where}.queue") if spec.queue else queue
             try:
                 built.append(self._new_job(target, spec, now))

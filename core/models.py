@@ -19,7 +19,6 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    model_validator,
 )
 
 JsonValue = Any
@@ -94,24 +93,12 @@ class JobSpec(_Input):
     data: JsonValue = None
     options: JobOptions = Field(default_factory=JobOptions)
 
-    @model_validator(mode="before")
     @classmethod
-    def _gather_flat_options(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        flat = {k: v for k, v in value.items() if k in OPTION_FIELDS}
-        if not flat:
-            return value
-        nested = value.get("options")
-        if nested is None:
-            nested = {}
-        if not isinstance(nested, dict):
-            return value  # let field validation name `options` as the problem
-        clash = sorted(flat.keys() & nested.keys())
-        if clash:
-            raise ValueError(f"option {clash[0]!r} given both flat and under 'options'")
-        rest = {k: v for k, v in value.items() if k not in OPTION_FIELDS}
-        return {**rest, "options": {**nested, **flat}}
+    def parse(cls, value: Any, where: str = "") -> JobSpec:
+        """Validate a job body whose options may be flat (RustQueue clients) or nested."""
+        from ._limits import gather_flat_options, parse
+
+        return parse(cls, gather_flat_options(value, where), where)
 
 
 class LogEntry(BaseModel):

@@ -1,0 +1,107 @@
+"""Event dispatch to sinks registered through the event-sink hook."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from conveyor import Conveyor, Event, hookimpl
+
+from ..conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.seen = anyio.Event()
+        self.expect = 0
+
+    async def handle(self, event: Event) -> None:
+        self.events.append(event)
+        if len(self.events) >= self.expect:
+            self.seen.set()
+
+    async def wait_for(self, n: int) -> list[Event]:
+        self.expect = n
+        if len(self.events) < n:
+            self.seen = anyio.Event()
+            with anyio.fail_after(30):
+                await self.seen.wait()
+        return self.events
+
+
+class SinkPlugin:
+    def __init__(self, *sinks: object) -> None:
+        self.sinks = list(sinks)
+
+    @hookimpl
+    def conveyor_event_sinks(self, app: Conveyor) -> list[object]:
+        return self.sinks
+
+
+async def test_every_lifecycle_event_reaches_the_sink(storage_url: str, clock: FakeClock) -> None:
+    sink = Recorder()
+    async with Conveyor(storage_url, clock=clock, plugins=[SinkPlugin(sink)], maintenance=False, plugin_autoload=False) as app:
+        done = await app.push("q", "a")
+        await app.pull("q")
+        await app.progress(done, 40, "half")
+        await app.ack(done)
+        dead = await app.push("q", "b", max_attempts=1)
+        await app.pull("q")
+        await app.fail(dead, "bad")
+        gone = await app.push("q", "c")
+        await app.cancel(gone)
+        stalled = await app.push("q", "d", max_attempts=1)
+        await app.pull("q")
+        clock.advance(30_001)
+        await app.run_maintenance()
+        events = await sink.wait_for(11)
+    names = [(e.event, e.job_id) for e in events]
+    assert names == [
+        ("job.pushed", done), ("job.progress", done), ("job.completed", done),
+        ("job.pushed", dead), ("job.failed", dead), ("job.dlq", dead),
+        ("job.pushed", gone), ("job.cancelled", gone),
+        ("job.pushed", stalled), ("job.failed", stalled), ("job.dlq", stalled),
+    ]  # fmt: skip
+    assert {e.queue for e in events} == {"q"}
+    assert events[1].data == {"progress": 40, "message": "half"}
+    assert events[4].data["error"] == "bad" and events[4].data["will_retry"] is False
+    assert "stalled" in events[9].data["error"]
+
+
+class Stuck:
+    """A sink that never finishes: the queue must not notice."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, event: Event) -> None:
+        self.calls += 1
+        await anyio.sleep_forever()
+
+
+class Broken:
+    async def handle(self, event: Event) -> None:
+        raise RuntimeError("sink bug")
+
+
+async def test_a_stuck_or_broken_sink_never_blocks_the_queue(file_url: str) -> None:
+    stuck, broken, healthy = Stuck(), Broken(), Recorder()
+    plugin = SinkPlugin(stuck, broken, healthy)
+    async with Conveyor(file_url, plugins=[plugin], event_buffer=5, maintenance=False, plugin_autoload=False) as app:
+        for i in range(40):
+            await app.push("q", f"j{i}")
+        await healthy.wait_for(5)
+        assert stuck.calls == 1
+        assert app.events.dropped >= 40 - 5 - 1  # the stuck sink's overflow, counted
+    # close() gave the stuck sink a bounded grace period and returned
+
+
+async def test_sink_that_is_not_a_sink_is_refused(file_url: str) -> None:
+    from conveyor import PluginError
+
+    app = Conveyor(file_url, plugins=[SinkPlugin(object())], plugin_autoload=False)
+    with pytest.raises(PluginError, match="EventSink"):
+        await app.open()
