@@ -35,6 +35,7 @@ from .models import (
     JobOptions,
     JobSpec,
     JobState,
+    LogEntry,
     QueueCounts,
     QueueInfo,
 )
@@ -45,7 +46,7 @@ from .workers import WorkerRegistry
 __all__ = [
     "AckItem", "AckResult", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
     "EventSink", "FailOutcome", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
-    "JobSpec", "JobState", "LimitExceededError", "ParseError", "PluginError", "ProtocolServer",
+    "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",
     "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",
     "UnknownCommandError", "ValidationError", "WebhookNotFoundError", "Worker", "WorkerRegistry",

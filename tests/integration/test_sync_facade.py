@@ -1,0 +1,37 @@
+"""`SyncConveyor` blocks on the same API, and its background loop keeps maintenance running."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor import InvalidStateError, JobState, SyncConveyor
+
+from ..conftest import FakeClock
+
+
+def test_sync_facade_runs_the_lifecycle(storage_url: str, clock: FakeClock) -> None:
+    with SyncConveyor(storage_url, clock=clock, maintenance=False, plugin_autoload=False) as app:
+        job_id = app.push("q", "a", {"x": 1}, priority=2)
+        [job] = app.pull("q")
+        assert job.id == job_id and job.data == {"x": 1}
+        app.heartbeat(job_id)
+        app.progress(job_id, 30, "m")
+        with pytest.raises(InvalidStateError):
+            app.cancel(job_id)
+        assert app.fail(job_id, "e").will_retry
+        clock.advance(1_000)
+        app.call(app.app.run_maintenance)
+        [again] = app.pull("q")
+        assert [r.ok for r in app.ack_batch([{"id": again.id, "result": 2}])] == [True]
+        assert app.get(job_id).state is JobState.COMPLETED  # type: ignore[union-attr]
+        app.pause("q")
+        assert app.queues()[0].paused and app.stats("q").completed == 1 and app.dlq("q") == []
+        app.resume("q")
+        assert app.push_batch("q", [{"name": "b"}])
+
+
+def test_sync_facade_needs_opening() -> None:
+    app = SyncConveyor("sqlite:///:memory:", plugin_autoload=False)
+    with pytest.raises(RuntimeError, match="not open"):
+        app.push("q", "a")
+    app.close()  # closing an unopened facade is harmless

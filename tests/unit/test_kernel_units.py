@@ -1,0 +1,124 @@
+"""Pure kernel pieces: backoff, error codes, ids, the row codec and settings."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import pytest
+
+from conveyor import (
+    Backoff,
+    ConveyorError,
+    DuplicateKeyError,
+    InvalidStateError,
+    JobNotFoundError,
+    JobSpec,
+    LimitExceededError,
+    ParseError,
+    QueuePausedError,
+    RateLimitedError,
+    ScheduleNotFoundError,
+    Settings,
+    UnauthorizedError,
+    UnknownCommandError,
+    ValidationError,
+    WebhookNotFoundError,
+    error_for_code,
+)
+from conveyor._ids import uuid7
+from conveyor.lifecycle import MAX_BACKOFF_MS, backoff_ms, dt_to_ms, ms_to_dt
+from conveyor.models import normalize_event_name
+
+
+@pytest.mark.parametrize(
+    ("strategy", "attempts", "expected"),
+    [
+        (Backoff.FIXED, [1, 2, 5], [500, 500, 500]),
+        (Backoff.LINEAR, [1, 2, 5], [500, 1000, 2500]),
+        (Backoff.EXPONENTIAL, [1, 2, 3, 10], [500, 1000, 2000, 256_000]),
+    ],
+)
+def test_backoff_formulas(strategy: Backoff, attempts: list[int], expected: list[int]) -> None:
+    assert [backoff_ms(strategy, 500, a) for a in attempts] == expected
+
+
+def test_backoff_is_capped() -> None:
+    assert backoff_ms(Backoff.EXPONENTIAL, 86_400_000, 999) == MAX_BACKOFF_MS
+    assert backoff_ms(Backoff.LINEAR, 86_400_000, 1000) == MAX_BACKOFF_MS
+
+
+WIRE = [
+    (JobNotFoundError, "JOB_NOT_FOUND", 404), (ScheduleNotFoundError, "SCHEDULE_NOT_FOUND", 404),
+    (WebhookNotFoundError, "WEBHOOK_NOT_FOUND", 404), (InvalidStateError, "INVALID_STATE", 409),
+    (DuplicateKeyError, "DUPLICATE_KEY", 409), (QueuePausedError, "QUEUE_PAUSED", 503),
+    (RateLimitedError, "RATE_LIMITED", 429), (UnauthorizedError, "UNAUTHORIZED", 401),
+    (ValidationError, "VALIDATION_ERROR", 400), (LimitExceededError, "VALIDATION_ERROR", 413),
+    (ParseError, "PARSE_ERROR", 400), (UnknownCommandError, "UNKNOWN_COMMAND", 400),
+    (ConveyorError, "INTERNAL_ERROR", 500),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "code", "status"), WIRE)
+def test_error_codes_and_statuses_round_trip(cls: type[ConveyorError], code: str, status: int) -> None:
+    err = cls("it broke", details={"field": "x"})
+    assert (err.code, err.http_status) == (code, status)
+    assert err.to_wire() == {"code": code, "message": "it broke", "details": {"field": "x"}}
+    rebuilt = error_for_code(code, "it broke", {"field": "x"}, http_status=status)
+    assert type(rebuilt) is cls and rebuilt.message == "it broke"
+
+
+def test_uuid7_is_version_7_and_monotonic() -> None:
+    ids = [uuid7() for _ in range(5000)]
+    assert all(i.version == 7 and i.variant == "specified in RFC 4122" for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 5000
+
+
+def test_millisecond_times_round_trip_exactly() -> None:
+    for ms in (0, 1, 1_799_999_999_999, 1_800_000_000_001, 4_102_444_800_123):
+        assert dt_to_ms(ms_to_dt(ms)) == ms
+
+
+def test_event_names_accept_snake_case() -> None:
+    assert normalize_event_name("job_completed") == "job.completed"
+    assert normalize_event_name("job.dlq") == "job.dlq"
+    with pytest.raises(ValueError, match="unknown event"):
+        normalize_event_name("job.exploded")
+
+
+def test_row_codec_round_trips_every_field() -> None:
+    from datetime import timedelta
+
+    from conveyor import Job, JobState
+    from conveyor.models import LogEntry as Log
+    from conveyor.plugins.sql.codec import decode_job, encode_job
+    from conveyor.plugins.sql.dialect import COLUMNS, POSTGRES, SQLITE
+
+    now = ms_to_dt(1_800_000_000_123)
+    job = Job(
+        id=uuid7(), custom_id="c", name="n", queue="q", data={"a": [1, "é"]}, result=[None], state=JobState.ACTIVE,
+        progress=42, logs=[Log(timestamp=now, message="m")], priority=-3, delay_until=now, created_at=now,
+        updated_at=now + timedelta(milliseconds=1), started_at=now, completed_at=None, max_attempts=5, attempt=2,
+        backoff=Backoff.LINEAR, backoff_delay_ms=10, last_error="e", ttl_ms=100, timeout_ms=200, unique_key="u",
+        tags=["t"], group_id="g", metadata={"follow": True}, depends_on=[uuid7()], flow_id="f", lifo=True,
+        remove_on_complete=True, remove_on_fail=False, worker_id="w", last_heartbeat=now,
+    )  # fmt: skip
+    for dialect in (SQLITE, POSTGRES):
+        row = encode_job(job, dialect)
+        assert len(row) == len(COLUMNS)
+        assert decode_job(row, dialect) == job
+        assert isinstance(decode_job(row, dialect).id, UUID)
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_STORAGE", "sqlite:///x.db")
+    monkeypatch.setenv("CONVEYOR_STALL_TIMEOUT_MS", "1500")
+    settings = Settings()
+    assert (settings.storage, settings.stall_timeout_ms) == ("sqlite:///x.db", 1500)
+    with pytest.raises(Exception, match="stall_timeout_ms"):
+        Settings(stall_timeout_ms=1)
+
+
+def test_job_spec_accepts_nested_or_flat_options() -> None:
+    nested = JobSpec.parse({"name": "a", "options": {"priority": 3}})
+    flat = JobSpec.parse({"name": "a", "priority": 3})
+    assert nested == flat and flat.options.priority == 3
