@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +15,12 @@ class Settings(BaseSettings):
 
     storage: str = Field(DEFAULT_STORAGE, description="Storage URL: sqlite:///path, sqlite:///:memory:, postgresql://...")
     stall_timeout_ms: int = Field(30_000, ge=100, description="An active job without heartbeat for this long is stalled.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL",
+        description="SQLite durability. FULL (default): a returned call survives power loss. NORMAL: "
+        "survives a crash of this process, but the last commits may be lost on power loss; "
+        "commits skip the fsync.",
+    )
     maintenance_interval_ms: int = Field(500, ge=10, description="Pause between maintenance sweeps.")
     maintenance: bool = Field(True, description="Run the maintenance loop in this process.")
     event_buffer: int = Field(10_000, ge=1, description="Events buffered per sink before dropping.")

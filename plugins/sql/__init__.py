@@ -20,7 +20,7 @@ def conveyor_storage(app: Conveyor, url: str) -> Storage | None:
     if scheme == "sqlite":
         from .sqlite import SqliteStorage
 
-        return SqliteStorage(url)
+        return SqliteStorage(url, synchronous=app.settings.sqlite_synchronous)
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
         from .postgres import PostgresStorage
 

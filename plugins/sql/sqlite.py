@@ -1,27 +1,34 @@
-"""SQLite backend: one writer thread with group commit.
+"""SQLite backend: group commit on the event loop.
 
-Every primitive runs on one dedicated thread that owns the connection. Operations that queue
-up while a transaction runs are executed together in the next one, each inside its own
-SAVEPOINT (so one failing push does not undo its neighbours), and committed with one fsync.
-Durability: WAL with ``synchronous=FULL`` -- when a call returns, its transaction is in the
-WAL on disk and survives a power loss, not just a process crash. Several processes may share
-one file; SQLite serializes their writers (``BEGIN IMMEDIATE`` with a busy timeout).
+SQLite allows one writer at a time, and a commit costs an fsync, so calls are not run one by one.
+A call queues its primitive and awaits; a flush scheduled with ``call_soon`` runs after every
+task that is ready right now has had its turn, then executes all queued primitives in one
+transaction -- each inside its own SAVEPOINT, so one failing push does not undo its neighbours --
+and commits them with one fsync. Sixteen tasks pushing at once cost one commit, not sixteen.
+
+The flush runs on the loop thread itself. A second thread would overlap I/O with Python work but
+costs a thread hop (~100 µs here) per call and a GIL hand-over per group, which measured slower
+(tests/benchmarks/RESULTS.md); SQLite releases the GIL while it works either way.
+
+Durability: WAL with ``synchronous=FULL`` (the default) -- when a call returns, its transaction
+is in the WAL on disk and survives a power loss, not just a process crash. ``NORMAL`` (setting
+``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
+but the last commits may be lost if the machine loses power. Several processes may share one
+file; SQLite serializes their writers (``BEGIN IMMEDIATE`` with a busy timeout, during which this
+process's loop waits).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue as queue_mod
 import sqlite3
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import anyio
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -34,7 +41,7 @@ from .primitives import ensure_schema
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-MAX_GROUP = 256
+MAX_GROUP = 512
 BUSY_TIMEOUT_MS = 30_000
 CROSS_PROCESS_POLL_S = 0.2
 """SQLite cannot notify other processes: waiting pullers re-check at least this often."""
@@ -45,38 +52,28 @@ class _Op:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
-    loop: asyncio.AbstractEventLoop
-
-
-_STOP = object()
-
-
-def _deliver(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
 
 
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, ConveyorError) or not isinstance(exc, Exception):
         return exc
-    if isinstance(exc, SQLAlchemyError):
+    if isinstance(exc, (SQLAlchemyError, sqlite3.Error)):
         return StorageError(f"sqlite error: {getattr(exc, 'orig', exc)}")
     return exc
 
 
 class SqliteStorage(SqlStorage):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         super().__init__(url)
+        if synchronous not in ("FULL", "NORMAL"):
+            raise StorageError(f"sqlite synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.synchronous = synchronous
         database = make_url(url).database
         self.path = database or ":memory:"
         self.memory = self.path == ":memory:"
-        self._ops: queue_mod.SimpleQueue[Any] = queue_mod.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._engine: Engine | None = None
+        self._pending: list[_Op] = []
+        self._flush_scheduled = False
+        self._conn: Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,32 +82,28 @@ class SqliteStorage(SqlStorage):
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         if not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -65536")
         return conn
 
     async def open(self) -> None:
         engine = create_engine("sqlite://", creator=self._connect, poolclass=StaticPool)
-
-        @event.listens_for(engine, "begin")
-        def _begin_immediate(conn: Connection) -> None:
-            # Take the write lock up front: no deadlock-prone lock upgrades between processes.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        self._engine = engine
-        self._thread = threading.Thread(target=self._writer, name=f"conveyor-sqlite:{self.path}", daemon=True)
-        self._thread.start()
+        try:
+            self._conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open {self.url}: {getattr(exc, 'orig', exc)}") from None
         await self._run(_schema)
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        if thread is None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        self._ops.put(_STOP)
-        await anyio.to_thread.run_sync(thread.join)
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._pending:
+            self._flush(conn)
+        engine = conn.engine
+        conn.close()
+        engine.dispose()
         self.wakeups.wake_all()
 
     @asynccontextmanager
@@ -125,59 +118,71 @@ class SqliteStorage(SqlStorage):
     # -- execution ---------------------------------------------------------------------------
 
     async def _run(self, fn: Primitive[T], *args: Any) -> T:
-        if self._thread is None:
+        if self._conn is None:
             raise StorageError(f"storage {self.url} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._ops.put(_Op(fn, args, future, loop))
+        self._pending.append(_Op(fn, args, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._scheduled_flush)
         result, woken = await future
         if woken:
             self.wakeups.wake(woken)
         return result
 
-    def _writer(self) -> None:
-        assert self._engine is not None
-        with self._engine.connect() as conn:
-            stopping = False
-            while not stopping:
-                item = self._ops.get()
-                if item is _STOP:
-                    break
-                batch = [item]
-                while len(batch) < MAX_GROUP:
-                    try:
-                        item = self._ops.get_nowait()
-                    except queue_mod.Empty:
-                        break
-                    if item is _STOP:
-                        stopping = True
-                        break
-                    batch.append(item)
-                self._commit_group(conn, batch)
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._conn is not None:
+            self._flush(self._conn)
 
-    def _commit_group(self, conn: Connection, batch: list[_Op]) -> None:
+    def _flush(self, conn: Connection) -> None:
+        while self._pending:
+            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+            for op, (ok, value) in zip(group, self._commit_group(conn, group), strict=True):
+                if op.future.done():  # the caller was cancelled; its work is committed anyway
+                    continue
+                if ok:
+                    op.future.set_result(value)
+                else:
+                    op.future.set_exception(value)
+
+    def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run ``group`` in one IMMEDIATE transaction (write lock taken up front: no lock
+        upgrades that could deadlock between processes), each op in its own savepoint.
+
+        Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
+        ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
+        afterwards; its begin and rollback are no-ops on this autocommit-mode connection."""
+        raw = conn.connection.driver_connection
         outcomes: list[tuple[bool, Any]] = []
         try:
-            with conn.begin():
-                if len(batch) == 1:
-                    op = batch[0]
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                if len(group) == 1:
+                    op = group[0]
                     outcomes.append((True, op.fn(conn, *op.args)))
                 else:
-                    for op in batch:
-                        savepoint = conn.begin_nested()
+                    for op in group:
+                        raw.execute("SAVEPOINT op")
                         try:
                             outcomes.append((True, op.fn(conn, *op.args)))
-                            savepoint.commit()
                         except Exception as exc:  # noqa: BLE001 - reported to that caller
-                            savepoint.rollback()
+                            raw.execute("ROLLBACK TO op")
                             outcomes.append((False, _translate(exc)))
-        except Exception as exc:  # noqa: BLE001 - the whole group failed to commit
+                        raw.execute("RELEASE op")
+                raw.execute("COMMIT")
+            finally:
+                if raw.in_transaction:
+                    raw.execute("ROLLBACK")
+                if conn.in_transaction():
+                    conn.rollback()
+        except Exception as exc:  # noqa: BLE001 - the whole group failed
             error = _translate(exc)
-            if len(batch) > 1 and not isinstance(error, ConveyorError):
+            if len(group) > 1 and not isinstance(error, ConveyorError):
                 log.error("sqlite group commit failed: %s", exc)
-            outcomes = [(False, error)] * len(batch)
-        for op, (ok, value) in zip(batch, outcomes, strict=True):
-            op.loop.call_soon_threadsafe(_deliver, op.future, ok, value)
+            return [(False, error)] * len(group)
+        return outcomes
 
 
 def _schema(conn: Connection) -> tuple[None, set[str]]:

@@ -8,6 +8,7 @@ Not part of the test run. Prints jobs/s per backend; numbers go to tests/benchma
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -62,8 +63,28 @@ async def drain(app: Conveyor, n: int, batch: int, consumers: int = 1) -> float:
     return n / elapsed
 
 
-async def run(url: str, label: str, n: int) -> None:
-    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+def disk_baseline(directory: str, n: int = 2000) -> float:
+    """Raw sqlite3 single-row commits/s with WAL + synchronous=FULL: what this disk allows today.
+
+    This machine's fsync speed varies several-fold between runs, so every result is printed
+    next to this number, measured in the same run."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"{directory}/baseline.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    start = time.perf_counter()
+    for _ in range(n):
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 200,))
+        conn.execute("COMMIT")
+    conn.close()
+    return n / (time.perf_counter() - start)
+
+
+async def run(url: str, label: str, n: int, **options: object) -> None:
+    async with Conveyor(url, maintenance=False, plugin_autoload=False, **options) as app:
         seq = await single_push(app, n // 4, 1)
         conc = await single_push(app, n, 16)
         drained_single = await drain(app, n // 4 + n, 100)
@@ -84,8 +105,11 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "memory", "postgres", "all"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        print(f"{'baseline':>10} | raw sqlite3 commits     {disk_baseline(tmp):9,.0f}/s  (WAL, synchronous=FULL, 1 row)")
         if args.backend in ("sqlite", "all"):
             anyio.run(run, f"sqlite:///{tmp}/bench.db", "sqlite", args.jobs)
+            print(f"{'':>10} | (same, sqlite_synchronous=NORMAL: no fsync per commit)")
+            anyio.run(functools.partial(run, sqlite_synchronous="NORMAL"), f"sqlite:///{tmp}/normal.db", "sqlite-nrm", args.jobs)
         if args.backend in ("memory", "all"):
             anyio.run(run, "sqlite:///:memory:", "memory", args.jobs)
     if args.backend in ("postgres", "all"):
