@@ -32,6 +32,7 @@ from .models import (
     JobState,
     QueueCounts,
     QueueInfo,
+    trusted,
 )
 from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
 from .workers import WorkerRegistry
@@ -254,26 +255,26 @@ class Conveyor:
         if not 1 <= len(items) <= limits.MAX_BATCH:
             raise ValidationError(f"items must hold 1 to {limits.MAX_BATCH} entries, got {len(items)}", field="items")
         parsed = [_parse_ack_item(index, item) for index, item in enumerate(items)]
-        valid = [p for p in parsed if isinstance(p, AckItem)]
+        valid = [p for p in parsed if type(p) is tuple]
         now = self.now_ms()
         first_results: dict[UUID, Any] = {}
-        for p in valid:
-            first_results.setdefault(p.id, p.result)  # a repeated id is refused, not re-acked
+        for job_id, result in valid:
+            first_results.setdefault(job_id, result)  # a repeated id is refused, not re-acked
         transition = lifecycle.ack_transition(first_results, now)
-        outcomes = iter(await self.storage.modify_jobs([p.id for p in valid], transition) if valid else [])
-        results, events = [], []
+        outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
+        results, events, emitting = [], [], self.events.active
         for index, entry in enumerate(parsed):
             if isinstance(entry, ValidationError):
                 raw = items[index]
                 raw_id = raw.get("id") if isinstance(raw, dict) else None
-                results.append(AckResult.model_construct(id=str(raw_id), ok=False, error=entry.to_wire()))
+                results.append(trusted(AckResult, {"id": str(raw_id), "ok": False, "error": entry.to_wire()}))
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):
-                results.append(AckResult.model_construct(id=str(entry.id), ok=False, error=done.change.error.to_wire()))
+                results.append(trusted(AckResult, {"id": str(done.id), "ok": False, "error": done.change.error.to_wire()}))
             else:
-                results.append(AckResult.model_construct(id=str(entry.id), ok=True, error=None))
-                if self.events.active:
+                results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
+                if emitting:
                     events.append(_event("job.completed", done, now))
         self._emit(events)
         return results
@@ -386,7 +387,7 @@ class Conveyor:
 
 
 def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
-    return Event.model_construct(event=name, job_id=done.id, queue=done.queue, timestamp=ms_to_dt(now_ms), data=data or {})
+    return trusted(Event, {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}})
 
 
 def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:
@@ -397,15 +398,17 @@ def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now
     return events
 
 
-def _parse_ack_item(index: int, item: Any) -> AckItem | ValidationError:
+def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:
     where = f"items[{index}]"
     try:
         if isinstance(item, dict) and item.keys() <= {"id", "result"}:  # the common shape, fast
-            ack = AckItem.model_construct(id=limits.check_job_id(item.get("id"), f"{where}.id"), result=item.get("result"))
+            job_id, result = limits.check_job_id(item.get("id"), f"{where}.id"), item.get("result")
         else:
             ack = limits.parse(AckItem, item, where)
-        limits.check_json_bytes(f"{where}.result", ack.result, limits.MAX_DATA_BYTES)
-        return ack
+            job_id, result = ack.id, ack.result
+        if result is not None:
+            limits.check_json_bytes(f"{where}.result", result, limits.MAX_DATA_BYTES)
+        return job_id, result
     except ValidationError as exc:
         return exc
 

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from conveyor.errors import DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
-from conveyor.storage import Decide, Delete, Modified, QueueRow, Reject, Transition, Update
+from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, Transition, Update
 
 from .codec import decode_job, encode_job, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
@@ -167,22 +167,28 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
 
 
 def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tuple[list[Modified], Woken]:
-    """Apply a `Transition` with one ``UPDATE ... FROM (VALUES ...)`` per chunk: no row loads."""
+    """Apply a `Transition` with one ``UPDATE ... FROM (VALUES ...)`` per chunk: no row loads.
+
+    Rows are keyed by their encoded id (a str on SQLite, whose hash is cached) on this path."""
     cur, d = _cursor(conn)
     common = encode_values(t.values)
     extra = sorted(next(iter(t.per_id.values()))) if t.per_id else []
     sets = [f"{c} = ?" for c in common] + [f"{c} = v.{c}" for c in extra]
     states = [s.value for s in t.from_states]
     flag = f"{TABLE}.{t.delete_if}" if t.delete_if else "NULL"
-    done: dict[UUID, tuple[str, bool]] = {}
-    unique = list(dict.fromkeys(ids))
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
-        rows = ", ".join([f"({d.placeholders(1 + len(extra))})"] * len(chunk))
+    keys = [d.encode_id(i) for i in ids]
+    unique = dict(zip(keys, ids))  # first occurrence of each id, in order
+    done: dict[Any, tuple[str, bool]] = {}
+    items = list(unique.items())
+    for start in range(0, len(items), 500):
+        chunk = items[start : start + 500]
         params: list[Any] = []
-        for job_id in chunk:
-            own = encode_values(t.per_id.get(job_id, {}))
-            params += [d.encode_id(job_id), *(own.get(c) for c in extra)]
+        for key, job_id in chunk:
+            params.append(key)
+            if extra:
+                own = encode_values(t.per_id.get(job_id, {}))
+                params += [own.get(c) for c in extra]
+        rows = ", ".join([f"({d.placeholders(1 + len(extra))})"] * len(chunk))
         cur.execute(
             d.sql(
                 f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {rows}) "
@@ -192,30 +198,25 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             ),
             [*params, *common.values(), *states],  # placeholder order: WITH rows, SET, states
         )
-        for job_id, queue, delete in cur.fetchall():
-            done[d.decode_id(job_id)] = (queue, bool(delete))
-    doomed = [job_id for job_id, (_, delete) in done.items() if delete]
-    if doomed:
-        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), [d.encode_id(i) for i in doomed])
-    refused = _select_for_update(cur, d, sorted({i for i in ids if i not in done} | _repeats(ids)))
+        for key, queue, delete in cur.fetchall():
+            done[key] = (queue, bool(delete))
+    if doomed := [key for key, (_, delete) in done.items() if delete]:
+        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), doomed)
+    seen: set[Any] = set()
+    accepted = [key in done and not (key in seen or seen.add(key)) for key in keys]  # type: ignore[func-returns-value]
+    refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted) if not ok})
+    refused = _select_for_update(cur, d, refused_ids) if refused_ids else {}
     results: list[Modified] = []
-    first_seen: set[UUID] = set()
-    for job_id in ids:
-        if job_id in done and job_id not in first_seen:
-            first_seen.add(job_id)
-            queue, delete = done[job_id]
-            change = Delete() if delete else Update({**t.values, **t.per_id.get(job_id, {})})
+    for key, job_id, ok in zip(keys, ids, accepted):
+        if ok:
+            queue, delete = done[key]
+            change: Change = Delete() if delete else Update({**t.values, **t.per_id.get(job_id, {})})
             results.append(Modified(job_id, None, change, queue))
-        else:
+        else:  # not in a from-state, missing, or the same id again (already transitioned)
             current = refused.get(job_id)
             results.append(Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None))
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
     return results, woken
-
-
-def _repeats(ids: Sequence[UUID]) -> set[UUID]:
-    seen: set[UUID] = set()
-    return {i for i in ids if i in seen or seen.add(i)}  # type: ignore[func-returns-value]
 
 
 def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) -> None:
