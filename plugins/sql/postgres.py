@@ -149,6 +149,8 @@ class PostgresStorage(SqlStorage):
 
 def _and_notify(conn: Connection, fn: Primitive[T], args: tuple[Any, ...]) -> tuple[T, set[str]]:
     result, woken = fn(conn, *args)
-    for queue in sorted(woken):
-        conn.execute(select(func.pg_notify(CHANNEL, queue)))
+    if woken:
+        cursor = conn.connection.cursor()
+        for queue in sorted(woken):
+            cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, queue))
     return result, woken

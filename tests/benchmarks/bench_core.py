@@ -87,7 +87,7 @@ async def run(url: str, label: str, n: int, **options: object) -> None:
     async with Conveyor(url, maintenance=False, plugin_autoload=False, **options) as app:
         seq = await single_push(app, n // 4, 1)
         conc = await single_push(app, n, 16)
-        drained_single = await drain(app, n // 4 + n, 100)
+        await drain(app, (await app.stats("bench")).waiting, 100)
         batched = await batch_push(app, n, 100)
         drained = await drain(app, n, 100)
         await batch_push(app, n, 100)
