@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ run: $(VENV)/.installed
 ## Run the test suite (unit, integration on SQLite + PostgreSQL, e2e).
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Static checks (ruff lint + format, mypy); CI runs them before the tests.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check core plugins workflows tests examples
+	$(BIN)/ruff format --check core plugins workflows tests examples
+	$(BIN)/mypy core plugins workflows
 
 ## Benchmarks (not part of the test run).
 bench: $(VENV)/.installed

@@ -66,8 +66,7 @@ def check_queue_name(queue: Any, field: str = "queue") -> str:
     check_bytes(field, queue, MAX_QUEUE_NAME_BYTES)
     if not _QUEUE_NAME.fullmatch(queue):
         raise ValidationError(
-            f"{field} {queue[:64]!r} is invalid: use 1-{MAX_QUEUE_NAME_BYTES} bytes of "
-            "letters, digits and . _ : -",
+            f"{field} {queue[:64]!r} is invalid: use 1-{MAX_QUEUE_NAME_BYTES} bytes of letters, digits and . _ : -",
             field=field,
         )
     return queue
@@ -134,7 +133,7 @@ def parse(model: type[M], value: Any, what: str = "") -> M:
 
 
 def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> ValidationError:
-    errors = []
+    errors: list[dict[str, str | None]] = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
         loc = ".".join(str(p) for p in err["loc"] if p not in ("function-before",))
         path = ".".join(p for p in (prefix, loc) if p)
@@ -143,7 +142,8 @@ def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> Validat
             message = "unknown field"
         errors.append({"field": path or None, "message": message})
     first = errors[0]
-    text = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+    field, message = first["field"], str(first["message"])
+    text = f"{field}: {message}" if field else message
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more)"
-    return ValidationError(text, field=first["field"], details={"errors": errors})
+    return ValidationError(text, field=field, details={"errors": errors})

@@ -62,10 +62,11 @@ class Conveyor:
         clock: Callable[[], int] | None = None,
         **options: Any,
     ) -> None:
+        overrides: dict[str, Any] = {**options, **({"storage": storage} if isinstance(storage, str) else {})}
         if settings is None:
-            settings = Settings(**options, **({"storage": storage} if isinstance(storage, str) else {}))
-        elif options or isinstance(storage, str):
-            settings = settings.model_copy(update={**options, **({"storage": storage} if isinstance(storage, str) else {})})
+            settings = Settings(**overrides)
+        elif overrides:
+            settings = Settings(**{**settings.model_dump(), **overrides})  # validated, unlike model_copy
         self.settings = settings
         self.pm: pluggy.PluginManager = make_plugin_manager(
             disable=settings.disable_plugins, autoload=settings.plugin_autoload, extra=plugins
@@ -101,7 +102,10 @@ class Conveyor:
         self._storage = storage
         try:
             self.hook.conveyor_engines(app=self, registry=self.workers)
-            self.events = EventDispatcher(self._collect(self.hook.conveyor_event_sinks(app=self), EventSink, "event sink"), self.settings.event_buffer)
+            self.events = EventDispatcher(
+                self._collect(self.hook.conveyor_event_sinks(app=self), EventSink, "event sink"),
+                self.settings.event_buffer,
+            )
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
             self.events.start(self._tg)
@@ -128,7 +132,9 @@ class Conveyor:
     async def __aenter__(self) -> Conveyor:
         return await self.open()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def _maintain(self) -> None:
@@ -271,7 +277,9 @@ class Conveyor:
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):
-                results.append(trusted(AckResult, {"id": str(done.id), "ok": False, "error": done.change.error.to_wire()}))
+                results.append(
+                    trusted(AckResult, {"id": str(done.id), "ok": False, "error": done.change.error.to_wire()})
+                )
             else:
                 results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
                 if emitting:
@@ -292,7 +300,9 @@ class Conveyor:
         if self.events.active:
             self._emit(_failure_events(done, plan, error, now))
         next_at = ms_to_dt(plan.next_attempt_ms) if plan.next_attempt_ms is not None else None
-        return FailOutcome(id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state)
+        return FailOutcome(
+            id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state
+        )
 
     async def cancel(self, job_id: UUID | str) -> None:
         """Cancel a job that has not started (waiting, delayed or blocked)."""
@@ -335,7 +345,9 @@ class Conveyor:
 
     async def queues(self) -> list[QueueInfo]:
         """Every queue that has jobs or a pause flag, with counts."""
-        return [QueueInfo(name=r.name, paused=r.paused, counts=QueueCounts(**r.counts)) for r in await self.storage.queues()]
+        return [
+            QueueInfo(name=r.name, paused=r.paused, counts=QueueCounts(**r.counts)) for r in await self.storage.queues()
+        ]
 
     async def pause(self, queue: str) -> None:
         """Stop delivering and accepting jobs for ``queue`` (persisted, all nodes)."""
@@ -371,7 +383,9 @@ class Conveyor:
             state = done.change.values["state"] if isinstance(done.change, Update) else JobState.DLQ
             if done.before.state is JobState.ACTIVE:
                 error = done.change.values.get("last_error") if isinstance(done.change, Update) else None
-                events.append(_event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ}))
+                events.append(
+                    _event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ})
+                )
             if state is JobState.DLQ:
                 events.append(_event("job.dlq", done, now_ms))
         self._emit(events)
@@ -383,16 +397,28 @@ class Conveyor:
 
     def _emit_pushed(self, jobs: list[Job]) -> None:
         if self.events.active:
-            self.events.emit([Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs])
+            self.events.emit(
+                [Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs]
+            )
 
 
 def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
-    return trusted(Event, {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}})
+    return trusted(
+        Event,
+        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
+    )
 
 
 def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:
     assert done.before is not None
-    events = [_event("job.failed", done, now_ms, {"error": error, "attempt": done.before.attempt + 1, "will_retry": plan.will_retry})]
+    events = [
+        _event(
+            "job.failed",
+            done,
+            now_ms,
+            {"error": error, "attempt": done.before.attempt + 1, "will_retry": plan.will_retry},
+        )
+    ]
     if plan.state is JobState.DLQ:
         events.append(_event("job.dlq", done, now_ms))
     return events
@@ -419,4 +445,3 @@ def _prefixed(exc: ValidationError, where: str) -> ValidationError:
     starts_with_field = exc.field is not None and exc.message.startswith(exc.field)
     message = f"{where}.{exc.message}" if starts_with_field else f"{where}: {exc.message}"
     return type(exc)(message, field=field, details={**exc.details, "field": field})
-

@@ -13,8 +13,12 @@ DEFAULT_STORAGE = "sqlite:///./conveyor.db"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="forbid")
 
-    storage: str = Field(DEFAULT_STORAGE, description="Storage URL: sqlite:///path, sqlite:///:memory:, postgresql://...")
-    stall_timeout_ms: int = Field(30_000, ge=100, description="An active job without heartbeat for this long is stalled.")
+    storage: str = Field(
+        DEFAULT_STORAGE, description="Storage URL: sqlite:///path, sqlite:///:memory:, postgresql://..."
+    )
+    stall_timeout_ms: int = Field(
+        30_000, ge=100, description="An active job without heartbeat for this long is stalled."
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL",
         description="SQLite durability. FULL (default): a returned call survives power loss. NORMAL: "

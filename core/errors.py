@@ -78,9 +78,7 @@ class ValidationError(ConveyorError):
     code = "VALIDATION_ERROR"
     http_status = 400
 
-    def __init__(
-        self, message: str, *, field: str | None = None, details: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, message: str, *, field: str | None = None, details: dict[str, Any] | None = None) -> None:
         details = dict(details or {})
         if field is not None:
             details.setdefault("field", field)

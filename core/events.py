@@ -57,8 +57,13 @@ class EventDispatcher:
         now = time.monotonic()
         if now - self._last_warning >= LOG_EVERY_S:
             self._last_warning = now
-            log.warning("event sink buffer full (%d): dropped %s for job %s (%d dropped so far)",
-                        self.buffer, event.event, event.job_id, self.dropped)
+            log.warning(
+                "event sink buffer full (%d): dropped %s for job %s (%d dropped so far)",
+                self.buffer,
+                event.event,
+                event.job_id,
+                self.dropped,
+            )
 
     async def _deliver(self, sink: EventSink, receive: MemoryObjectReceiveStream[Event]) -> None:
         with anyio.CancelScope() as scope:

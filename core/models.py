@@ -27,7 +27,7 @@ INT32_MAX = 2**31 - 1
 DAY_MS = 86_400_000
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """Wire spelling of job states. ``failed`` exists for compatibility; no job rests in it."""
 
     WAITING = "waiting"
@@ -47,7 +47,7 @@ class JobState(str, enum.Enum):
 TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DLQ, JobState.CANCELLED})
 
 
-class Backoff(str, enum.Enum):
+class Backoff(enum.StrEnum):
     FIXED = "fixed"
     LINEAR = "linear"
     EXPONENTIAL = "exponential"
@@ -215,9 +215,7 @@ class AckResult(BaseModel):
     error: dict[str, Any] | None = None
 
 
-EventName = Literal[
-    "job.pushed", "job.completed", "job.failed", "job.dlq", "job.cancelled", "job.progress"
-]
+EventName = Literal["job.pushed", "job.completed", "job.failed", "job.dlq", "job.cancelled", "job.progress"]
 EVENT_NAMES: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
 
 

@@ -62,7 +62,7 @@ class Transition:
     from_states: frozenset[JobState]
     values: dict[str, Any]
     per_id: dict[UUID, dict[str, Any]]
-    refuse: Callable[[UUID, "Job | None"], ConveyorError]
+    refuse: Callable[[UUID, Job | None], ConveyorError]
     delete_if: str | None = None
 
 
@@ -165,4 +165,3 @@ class Storage(abc.ABC):
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
         """Best-effort cluster-wide lock for a maintenance sweep: yields whether this node holds
         it. Correctness never depends on it (every sweep is safe to run twice); it saves work."""
-

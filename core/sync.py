@@ -59,7 +59,9 @@ class SyncConveyor:
     def __enter__(self) -> SyncConveyor:
         return self.open()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -46,9 +46,7 @@ class WorkerRegistry:
         if not callable(factory):
             raise PluginError(f"engine {key!r}{_from(origin)}: factory {factory!r} is not callable")
         if key in self._factories:
-            raise PluginError(
-                f"engine {key!r}{_from(origin)} is already registered{_from(self._origins[key])}"
-            )
+            raise PluginError(f"engine {key!r}{_from(origin)} is already registered{_from(self._origins[key])}")
         self._factories[key] = factory
         self._origins[key] = origin
 
@@ -85,7 +83,7 @@ class WorkerRegistry:
         worker = self._factories[engine_id]()
         if inspect.isawaitable(worker):
             worker = await worker
-        return worker  # type: ignore[return-value]
+        return worker
 
     async def dispatch_next_with_registered_worker(self, app: Conveyor, queue: str) -> Job | None:
         """Pull one job from ``queue``, run it on its engine, ack with the result or fail with

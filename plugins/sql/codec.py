@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -22,7 +22,7 @@ TIME_FIELDS = frozenset({"delay_until", "created_at", "updated_at", "started_at"
 JSON_FIELDS = frozenset({"data", "result", "metadata"})
 _STATES = {s.value: s for s in JobState}
 _BACKOFFS = {b.value: b for b in Backoff}
-_UTC = timezone.utc
+_UTC = UTC
 _from_ts = datetime.fromtimestamp
 _loads = json.loads
 
@@ -107,41 +107,43 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
         unique_key, tags, group_id, metadata, depends_on, flow_id, lifo,
         remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
     ) = row  # fmt: skip
-    return Job.trusted({
-        "id": dialect.decode_id(id_),
-        "custom_id": custom_id,
-        "name": name,
-        "queue": queue,
-        "data": None if data is None else _loads(data),
-        "result": None if result is None else _loads(result),
-        "state": _STATES[state],
-        "progress": progress,
-        "logs": _decode_logs(logs) if logs else [],
-        "priority": priority,
-        "delay_until": None if delay_until is None else _from_ts(delay_until / 1000, tz=_UTC),
-        "created_at": _from_ts(created_at / 1000, tz=_UTC),
-        "updated_at": _from_ts(updated_at / 1000, tz=_UTC),
-        "started_at": None if started_at is None else _from_ts(started_at / 1000, tz=_UTC),
-        "completed_at": None if completed_at is None else _from_ts(completed_at / 1000, tz=_UTC),
-        "max_attempts": max_attempts,
-        "attempt": attempt,
-        "backoff": _BACKOFFS[backoff],
-        "backoff_delay_ms": backoff_delay_ms,
-        "last_error": last_error,
-        "ttl_ms": ttl_ms,
-        "timeout_ms": timeout_ms,
-        "unique_key": unique_key,
-        "tags": _loads(tags) if tags else [],
-        "group_id": group_id,
-        "metadata": None if metadata is None else _loads(metadata),
-        "depends_on": [UUID(d) for d in _loads(depends_on)] if depends_on else [],
-        "flow_id": flow_id,
-        "lifo": bool(lifo),
-        "remove_on_complete": bool(remove_on_complete),
-        "remove_on_fail": bool(remove_on_fail),
-        "worker_id": worker_id,
-        "last_heartbeat": None if last_heartbeat is None else _from_ts(last_heartbeat / 1000, tz=_UTC),
-    })
+    return Job.trusted(
+        {
+            "id": dialect.decode_id(id_),
+            "custom_id": custom_id,
+            "name": name,
+            "queue": queue,
+            "data": None if data is None else _loads(data),
+            "result": None if result is None else _loads(result),
+            "state": _STATES[state],
+            "progress": progress,
+            "logs": _decode_logs(logs) if logs else [],
+            "priority": priority,
+            "delay_until": None if delay_until is None else _from_ts(delay_until / 1000, tz=_UTC),
+            "created_at": _from_ts(created_at / 1000, tz=_UTC),
+            "updated_at": _from_ts(updated_at / 1000, tz=_UTC),
+            "started_at": None if started_at is None else _from_ts(started_at / 1000, tz=_UTC),
+            "completed_at": None if completed_at is None else _from_ts(completed_at / 1000, tz=_UTC),
+            "max_attempts": max_attempts,
+            "attempt": attempt,
+            "backoff": _BACKOFFS[backoff],
+            "backoff_delay_ms": backoff_delay_ms,
+            "last_error": last_error,
+            "ttl_ms": ttl_ms,
+            "timeout_ms": timeout_ms,
+            "unique_key": unique_key,
+            "tags": _loads(tags) if tags else [],
+            "group_id": group_id,
+            "metadata": None if metadata is None else _loads(metadata),
+            "depends_on": [UUID(d) for d in _loads(depends_on)] if depends_on else [],
+            "flow_id": flow_id,
+            "lifo": bool(lifo),
+            "remove_on_complete": bool(remove_on_complete),
+            "remove_on_fail": bool(remove_on_fail),
+            "worker_id": worker_id,
+            "last_heartbeat": None if last_heartbeat is None else _from_ts(last_heartbeat / 1000, tz=_UTC),
+        }
+    )
 
 
 def _decode_logs(text: str) -> list[LogEntry]:

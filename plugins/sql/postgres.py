@@ -49,7 +49,9 @@ class PostgresStorage(SqlStorage):
         if isinstance(self.schema, tuple):
             self.schema = self.schema[-1]
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
-            raise ValidationError(f"schema {self.schema!r} in the storage URL is not a plain identifier", field="storage")
+            raise ValidationError(
+                f"schema {self.schema!r} in the storage URL is not a plain identifier", field="storage"
+            )
         base = parsed.difference_update_query(["schema"])
         self._sa_url = base.set(drivername="postgresql+psycopg")
         self._conninfo = base.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -62,7 +64,10 @@ class PostgresStorage(SqlStorage):
         if self.schema:
             connect_args["options"] = f"-csearch_path={self.schema}"
         self._engine = create_async_engine(
-            self._sa_url, pool_size=self._pool_size, max_overflow=self._pool_size, connect_args=connect_args,
+            self._sa_url,
+            pool_size=self._pool_size,
+            max_overflow=self._pool_size,
+            connect_args=connect_args,
             pool_pre_ping=False,
         )
         try:

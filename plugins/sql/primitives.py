@@ -35,7 +35,10 @@ def _cursor(conn: Connection) -> tuple[Any, Dialect]:
 
 
 def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
-    cur.execute(d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(names))})"), (True, *names))
+    cur.execute(
+        d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(names))})"),
+        (True, *names),
+    )
     return [row[0] for row in cur.fetchall()]
 
 
@@ -126,7 +129,9 @@ def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, 
     for start in range(0, len(ids), 500):
         chunk = [d.encode_id(i) for i in ids[start : start + 500]]
         cur.execute(
-            d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"),
+            d.sql(
+                f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"
+            ),
             chunk,
         )
         for row in cur.fetchall():
@@ -162,7 +167,10 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
             current[job_id] = None
     _write_updates(cur, d, pending)
     if deleted:
-        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"), [d.encode_id(i) for i in deleted])
+        cur.execute(
+            d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"),
+            [d.encode_id(i) for i in deleted],
+        )
     return results, woken
 
 
@@ -177,7 +185,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     states = [s.value for s in t.from_states]
     flag = f"{TABLE}.{t.delete_if}" if t.delete_if else "NULL"
     keys = [d.encode_id(i) for i in ids]
-    unique = dict(zip(keys, ids))  # first occurrence of each id, in order
+    unique = dict(zip(keys, ids, strict=True))  # first occurrence of each id, in order
     done: dict[Any, tuple[str, bool]] = {}
     items = list(unique.items())
     for start in range(0, len(items), 500):
@@ -204,17 +212,19 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
         cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), doomed)
     seen: set[Any] = set()
     accepted = [key in done and not (key in seen or seen.add(key)) for key in keys]  # type: ignore[func-returns-value]
-    refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted) if not ok})
+    refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted, strict=True) if not ok})
     refused = _select_for_update(cur, d, refused_ids) if refused_ids else {}
     results: list[Modified] = []
-    for key, job_id, ok in zip(keys, ids, accepted):
+    for key, job_id, ok in zip(keys, ids, accepted, strict=True):
         if ok:
             queue, delete = done[key]
             change: Change = Delete() if delete else Update({**t.values, **t.per_id.get(job_id, {})})
             results.append(Modified(job_id, None, change, queue))
         else:  # not in a from-state, missing, or the same id again (already transitioned)
             current = refused.get(job_id)
-            results.append(Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None))
+            results.append(
+                Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None)
+            )
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
     return results, woken
 
@@ -293,7 +303,9 @@ def list_queues(conn: Connection, queue: str | None) -> list[QueueRow]:
 def set_paused(conn: Connection, queue: str, paused: bool, now_ms: int) -> Woken:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(queues).values(name=queue, paused=paused, updated_at=now_ms)
-    conn.execute(stmt.on_conflict_do_update(index_elements=[queues.c.name], set_={"paused": paused, "updated_at": now_ms}))
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=[queues.c.name], set_={"paused": paused, "updated_at": now_ms})
+    )
     return set() if paused else {queue}
 
 
@@ -310,5 +322,3 @@ def ensure_schema(conn: Connection) -> None:
     elif int(found) < SCHEMA_VERSION:
         # Migrations from older versions go here, one function per version step.
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
-
-

@@ -154,7 +154,7 @@ class SqliteStorage(SqlStorage):
         Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
         afterwards; its begin and rollback are no-ops on this autocommit-mode connection."""
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection
         outcomes: list[tuple[bool, Any]] = []
         try:
             raw.execute("BEGIN IMMEDIATE")

@@ -8,8 +8,9 @@ kernel size-checked.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, text
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
 SCHEMA_VERSION = 1
@@ -17,11 +18,11 @@ SCHEMA_VERSION = 1
 PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
 
 
-def _partial(name: str, where: str, *columns: str, unique: bool = False) -> Index:
+def _partial(name: str, where: str, *columns: Any, unique: bool = False) -> Index:
     return Index(name, *columns, unique=unique, sqlite_where=text(where), postgresql_where=text(where))
 
 
-def _ms(nullable: bool = True) -> Column:  # type: ignore[type-arg]
+def _ms(nullable: bool = True) -> Column:
     return Column(BigInteger, nullable=nullable)
 
 

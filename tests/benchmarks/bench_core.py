@@ -105,11 +105,18 @@ def main() -> None:
     parser.add_argument("--backend", choices=["sqlite", "memory", "postgres", "all"], default="all")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'baseline':>10} | raw sqlite3 commits     {disk_baseline(tmp):9,.0f}/s  (WAL, synchronous=FULL, 1 row)")
+        print(
+            f"{'baseline':>10} | raw sqlite3 commits     {disk_baseline(tmp):9,.0f}/s  (WAL, synchronous=FULL, 1 row)"
+        )
         if args.backend in ("sqlite", "all"):
             anyio.run(run, f"sqlite:///{tmp}/bench.db", "sqlite", args.jobs)
             print(f"{'':>10} | (same, sqlite_synchronous=NORMAL: no fsync per commit)")
-            anyio.run(functools.partial(run, sqlite_synchronous="NORMAL"), f"sqlite:///{tmp}/normal.db", "sqlite-nrm", args.jobs)
+            anyio.run(
+                functools.partial(run, sqlite_synchronous="NORMAL"),
+                f"sqlite:///{tmp}/normal.db",
+                "sqlite-nrm",
+                args.jobs,
+            )
         if args.backend in ("memory", "all"):
             anyio.run(run, "sqlite:///:memory:", "memory", args.jobs)
     if args.backend in ("postgres", "all"):

@@ -24,7 +24,7 @@ def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     assert len(blocks) == 2
     first = run(blocks[0], tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "JobState.COMPLETED" in first.stdout and "completed=1" in first.stdout
+    assert first.stdout.splitlines()[0] == "completed" and "completed=1" in first.stdout
     second = run(blocks[1], tmp_path)
     assert second.returncode == 0, second.stderr
     assert "'emails'" in second.stdout and "'reports'" in second.stdout
@@ -33,7 +33,11 @@ def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
 
 def test_the_run_example_uses_the_sqlite_default(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "quickstart.py")], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "'completed': 2" in result.stdout and "mailbox does not exist" in result.stdout
@@ -46,5 +50,10 @@ def test_cli_db_upgrade_and_bad_storage(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert ok.returncode == 0 and "schema up to date" in ok.stdout, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "conveyor", "--storage", "nope://x", "queues"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "conveyor", "--storage", "nope://x", "queues"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "no storage plugin handles 'nope'" in bad.stderr

@@ -27,7 +27,9 @@ def race(url: str, processes: int, jobs: int, batch: int, tmp_path: Path) -> lis
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "tests.integration.claimer", url, "race", str(batch), str(go)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for _ in range(processes)
     ]

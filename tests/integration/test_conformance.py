@@ -273,7 +273,9 @@ async def test_heartbeat_extends_the_lease(app: Conveyor, clock: FakeClock) -> N
 
 
 async def test_push_batch_returns_ids_in_order(app: Conveyor) -> None:
-    ids = await app.push_batch("q", [{"name": "a"}, {"name": "b", "options": {"priority": 1}}, {"name": "c", "queue": "other"}])
+    ids = await app.push_batch(
+        "q", [{"name": "a"}, {"name": "b", "options": {"priority": 1}}, {"name": "c", "queue": "other"}]
+    )
     jobs = [await app.get(i) for i in ids]
     assert [(j.name, j.queue, j.priority) for j in jobs if j] == [("a", "q", 0), ("b", "q", 1), ("c", "other", 0)]
 

@@ -43,7 +43,9 @@ class SinkPlugin:
 
 async def test_every_lifecycle_event_reaches_the_sink(storage_url: str, clock: FakeClock) -> None:
     sink = Recorder()
-    async with Conveyor(storage_url, clock=clock, plugins=[SinkPlugin(sink)], maintenance=False, plugin_autoload=False) as app:
+    async with Conveyor(
+        storage_url, clock=clock, plugins=[SinkPlugin(sink)], maintenance=False, plugin_autoload=False
+    ) as app:
         done = await app.push("q", "a")
         await app.pull("q")
         await app.progress(done, 40, "half")

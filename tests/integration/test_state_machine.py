@@ -80,7 +80,9 @@ class QueueMachine(RuleBasedStateMachine):
             backoff="fixed", backoff_delay_ms=backoff, remove_on_complete=remove,
         )  # fmt: skip
         state = JobState.DELAYED if delay else JobState.WAITING
-        self.jobs[job_id] = ModelJob(priority, max_attempts, backoff, remove, state, due=self.clock.now + delay, seq=self.seq)
+        self.jobs[job_id] = ModelJob(
+            priority, max_attempts, backoff, remove, state, due=self.clock.now + delay, seq=self.seq
+        )
         self.seq += 1
         self.clock.advance(1)
 

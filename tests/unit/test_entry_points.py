@@ -60,7 +60,10 @@ def test_an_entry_point_plugin_can_be_blocked_by_name(fake_dist: Path) -> None:
 
 def test_a_broken_entry_point_names_its_package(fake_dist: Path) -> None:
     install_fake_distribution(fake_dist, "raise ImportError('missing dependency: frobnicate')\n")
-    with pytest.raises(PluginError, match=r"'fake' from package 'conveyor-fake-plugin' failed to load: ImportError: missing dependency: frobnicate"):
+    with pytest.raises(
+        PluginError,
+        match=r"'fake' from package 'conveyor-fake-plugin' failed to load: ImportError: missing dependency: frobnicate",
+    ):
         Conveyor("sqlite:///:memory:")
 
 

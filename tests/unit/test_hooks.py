@@ -10,7 +10,17 @@ from typing import Any
 import anyio
 import pytest
 
-from conveyor import Conveyor, Event, Job, JobState, PluginError, ProtocolServer, ValidationError, WorkerRegistry, hookimpl
+from conveyor import (
+    Conveyor,
+    Event,
+    Job,
+    JobState,
+    PluginError,
+    ProtocolServer,
+    ValidationError,
+    WorkerRegistry,
+    hookimpl,
+)
 from conveyor.plugins.sql.sqlite import SqliteStorage
 
 pytestmark = pytest.mark.anyio
