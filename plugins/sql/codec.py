@@ -107,6 +107,7 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
         unique_key, tags, group_id, metadata, depends_on, flow_id, lifo,
         remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
     ) = row  # fmt: skip
+    updated = _from_ts(updated_at / 1000, tz=_UTC)
     return Job.trusted(
         {
             "id": dialect.decode_id(id_),
@@ -121,8 +122,8 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
             "priority": priority,
             "delay_until": None if delay_until is None else _from_ts(delay_until / 1000, tz=_UTC),
             "created_at": _from_ts(created_at / 1000, tz=_UTC),
-            "updated_at": _from_ts(updated_at / 1000, tz=_UTC),
-            "started_at": None if started_at is None else _from_ts(started_at / 1000, tz=_UTC),
+            "updated_at": updated,
+            "started_at": _same_or_dt(started_at, updated_at, updated),
             "completed_at": None if completed_at is None else _from_ts(completed_at / 1000, tz=_UTC),
             "max_attempts": max_attempts,
             "attempt": attempt,
@@ -141,9 +142,17 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
             "remove_on_complete": bool(remove_on_complete),
             "remove_on_fail": bool(remove_on_fail),
             "worker_id": worker_id,
-            "last_heartbeat": None if last_heartbeat is None else _from_ts(last_heartbeat / 1000, tz=_UTC),
+            "last_heartbeat": _same_or_dt(last_heartbeat, updated_at, updated),
         }
     )
+
+
+def _same_or_dt(ms: int | None, same_ms: int, same: datetime) -> datetime | None:
+    """Share the (immutable) datetime already made for an equal timestamp: a freshly claimed
+    job has started_at == last_heartbeat == updated_at, and this is the per-job hot path."""
+    if ms is None:
+        return None
+    return same if ms == same_ms else _from_ts(ms / 1000, tz=_UTC)
 
 
 def _decode_logs(text: str) -> list[LogEntry]:

@@ -96,14 +96,13 @@ def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
 
 def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
     cur, d = _cursor(conn)
-    if _paused(cur, d, [queue]):
-        return []
     # The pick is a MATERIALIZED CTE: PostgreSQL would otherwise re-run an IN-subquery with
     # LIMIT ... SKIP LOCKED per row and claim more than ``count`` jobs.
     cur.execute(
         d.sql(
             f"WITH picked AS MATERIALIZED (SELECT {d.row_key} AS k FROM {TABLE} "
             "WHERE queue = ? AND state = 'waiting' "
+            "AND NOT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = ? AND paused = ?) "
             f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}) "
             f"UPDATE {TABLE} SET state = 'active', started_at = ?, last_heartbeat = ?, updated_at = ?, "
             "worker_id = ?, expires_at = NULL, "
@@ -111,7 +110,7 @@ def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id:
             f"WHERE {d.row_key} IN (SELECT k FROM picked) AND state = 'waiting' "
             f"RETURNING {COLUMN_LIST}"
         ),
-        (queue, count, now_ms, now_ms, now_ms, worker_id, now_ms),
+        (queue, queue, True, count, now_ms, now_ms, now_ms, worker_id, now_ms),
     )
     rows = sorted(cur.fetchall(), key=_claim_order)  # RETURNING has no defined order
     return [decode_job(row, d) for row in rows]
