@@ -36,11 +36,16 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON, the one serialization used for stored payloads."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON, the one serialization used for stored payloads. NaN and Infinity are
+    refused: they are not JSON and would come back as something else."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def check_bytes(field: str, text: str, limit: int) -> None:
+    """A plain-text field: at most ``limit`` UTF-8 bytes and no NUL character (PostgreSQL text
+    cannot hold one, and both backends must accept the same input)."""
+    if "\x00" in text:
+        raise ValidationError(f"{field} must not contain NUL characters", field=field)
     size = len(text.encode())
     if size > limit:
         raise LimitExceededError(

@@ -98,7 +98,11 @@ class Conveyor:
             )
         if not isinstance(storage, Storage):
             raise PluginError(f"storage hook returned {storage!r}, which is not a conveyor.Storage")
-        await storage.open()
+        try:
+            await storage.open()
+        except BaseException:
+            await storage.close()  # release whatever a half-done open holds
+            raise
         self._storage = storage
         try:
             self.hook.conveyor_engines(app=self, registry=self.workers)
@@ -209,6 +213,9 @@ class Conveyor:
             limits.check_bytes("options.custom_id", o.custom_id, limits.MAX_CUSTOM_ID_BYTES)
         for i, tag in enumerate(o.tags):
             limits.check_bytes(f"options.tags[{i}]", tag, limits.MAX_TAG_BYTES)
+        for name in ("group_id", "flow_id"):
+            if (value := getattr(o, name)) is not None:
+                limits.check_bytes(f"options.{name}", value, limits.MAX_QUEUE_NAME_BYTES)
         if o.depends_on:
             raise ValidationError(
                 "options.depends_on: job dependencies (DAG flows) are not available in this version",
@@ -236,7 +243,7 @@ class Conveyor:
         limits.check_queue_name(queue)
         limits.check_count(count, "count", limits.MAX_PULL_COUNT)
         limits.check_count(wait_ms, "wait_ms", MAX_WAIT_MS, minimum=0)
-        limits.check_optional_text("worker_id", worker_id, limits.MAX_WORKER_ID_BYTES)
+        _check_worker(worker_id)
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
             jobs = await self.storage.claim_jobs(queue, count, self.now_ms(), worker_id)
@@ -245,17 +252,22 @@ class Conveyor:
                 return jobs
             await self.storage.wait_for_jobs(queue, remaining)
 
-    async def ack(self, job_id: UUID | str, result: Any = None) -> None:
-        """Complete an active job with ``result``."""
+    async def ack(self, job_id: UUID | str, result: Any = None, *, worker_id: str | None = None) -> None:
+        """Complete an active job with ``result``. With ``worker_id``, only if that worker holds
+        it (this is true of ``fail``, ``progress`` and ``heartbeat`` as well)."""
         job_id = limits.check_job_id(job_id)
         limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
+        _check_worker(worker_id)
         now = self.now_ms()
-        done = await self._modify_one(job_id, lifecycle.ack_transition({job_id: result}, now))
+        done = await self._modify_one(job_id, lifecycle.ack_transition({job_id: result}, now, worker_id))
         if self.events.active:
             self._emit([_event("job.completed", done, now)])
 
-    async def ack_batch(self, items: Sequence[AckItem | dict[str, Any]]) -> list[AckResult]:
+    async def ack_batch(
+        self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
+    ) -> list[AckResult]:
         """Ack many jobs in one transaction; one `AckResult` per item, in order."""
+        _check_worker(worker_id)
         if not isinstance(items, (list, tuple)):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
         if not 1 <= len(items) <= limits.MAX_BATCH:
@@ -266,7 +278,7 @@ class Conveyor:
         first_results: dict[UUID, Any] = {}
         for job_id, result in valid:
             first_results.setdefault(job_id, result)  # a repeated id is refused, not re-acked
-        transition = lifecycle.ack_transition(first_results, now)
+        transition = lifecycle.ack_transition(first_results, now, worker_id)
         outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
         results, events, emitting = [], [], self.events.active
         for index, entry in enumerate(parsed):
@@ -287,14 +299,15 @@ class Conveyor:
         self._emit(events)
         return results
 
-    async def fail(self, job_id: UUID | str, error: str) -> FailOutcome:
+    async def fail(self, job_id: UUID | str, error: str, *, worker_id: str | None = None) -> FailOutcome:
         """Record a failed attempt: retry after backoff while attempts remain, else DLQ."""
         job_id = limits.check_job_id(job_id)
         if not isinstance(error, str):
             raise ValidationError("error must be a string", field="error")
         limits.check_bytes("error", error, limits.MAX_ERROR_BYTES)
+        _check_worker(worker_id)
         now = self.now_ms()
-        done = await self._modify_one(job_id, lifecycle.decide_fail(error, now))
+        done = await self._modify_one(job_id, lifecycle.decide_fail(error, now, worker_id))
         assert done.before is not None
         plan = lifecycle.plan_failure(done.before, error, now)
         if self.events.active:
@@ -312,25 +325,29 @@ class Conveyor:
         if self.events.active:
             self._emit([_event("job.cancelled", done, now)])
 
-    async def progress(self, job_id: UUID | str, progress: int | float, message: str | None = None) -> None:
+    async def progress(
+        self, job_id: UUID | str, progress: int | float, message: str | None = None, *, worker_id: str | None = None
+    ) -> None:
         """Report progress (clamped to 0-100); ``message`` is appended to the job's logs."""
         job_id = limits.check_job_id(job_id)
         if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress != progress:
             raise ValidationError("progress must be a number from 0 to 100", field="progress")
         limits.check_optional_text("message", message, limits.MAX_LOG_MESSAGE_BYTES)
-        value = int(round(max(-1.0, min(101.0, float(progress)))))
+        _check_worker(worker_id)
+        value = lifecycle.clamp_progress(progress)
         now = self.now_ms()
-        done = await self._modify_one(job_id, lifecycle.decide_progress(value, message, now))
+        done = await self._modify_one(job_id, lifecycle.decide_progress(value, message, now, worker_id))
         if self.events.active:
-            data: dict[str, Any] = {"progress": max(0, min(100, value))}
+            data: dict[str, Any] = {"progress": value}
             if message is not None:
                 data["message"] = message
             self._emit([_event("job.progress", done, now, data)])
 
-    async def heartbeat(self, job_id: UUID | str) -> None:
+    async def heartbeat(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
         """Extend an active job's lease so stall detection leaves it alone."""
         job_id = limits.check_job_id(job_id)
-        await self._modify_one(job_id, lifecycle.decide_heartbeat(self.now_ms()))
+        _check_worker(worker_id)
+        await self._modify_one(job_id, lifecycle.decide_heartbeat(self.now_ms(), worker_id))
 
     # -- read and manage -------------------------------------------------------------------
 
@@ -422,6 +439,10 @@ def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now
     if plan.state is JobState.DLQ:
         events.append(_event("job.dlq", done, now_ms))
     return events
+
+
+def _check_worker(worker_id: Any) -> None:
+    limits.check_optional_text("worker_id", worker_id, limits.MAX_WORKER_ID_BYTES)
 
 
 def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:

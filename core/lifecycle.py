@@ -47,7 +47,12 @@ def backoff_ms(strategy: Backoff, base_ms: int, attempt: int) -> int:
     return min(delay, MAX_BACKOFF_MS)
 
 
-def _need(job_id: UUID, job: Job | None, allowed: frozenset[JobState], action: str) -> Reject | None:
+def _need(
+    job_id: UUID, job: Job | None, allowed: frozenset[JobState], action: str, worker_id: str | None = None
+) -> Reject | None:
+    """Refuse unless the job exists, is in an ``allowed`` state and -- when the caller names
+    itself -- is held by that worker (a worker whose job was reclaimed after a stall must not
+    complete or extend the new holder's attempt)."""
     if job is None:
         return Reject(JobNotFoundError(f"job {job_id} not found", details={"id": str(job_id)}))
     if job.state not in allowed:
@@ -58,30 +63,40 @@ def _need(job_id: UUID, job: Job | None, allowed: frozenset[JobState], action: s
                 details={"id": str(job_id), "state": job.state.value},
             )
         )
+    if worker_id is not None and job.worker_id != worker_id:
+        return Reject(
+            InvalidStateError(
+                f"cannot {action} job {job_id}: it is held by worker {job.worker_id!r}, not {worker_id!r}",
+                details={"id": str(job_id), "state": job.state.value, "worker_id": job.worker_id},
+            )
+        )
     return None
 
 
 _ACTIVE = frozenset({JobState.ACTIVE})
 
 
-def _refusal(action: str, allowed: frozenset[JobState]) -> Callable[[UUID, Job | None], ConveyorError]:
+def _refusal(
+    action: str, allowed: frozenset[JobState], worker_id: str | None
+) -> Callable[[UUID, Job | None], ConveyorError]:
     def refuse(job_id: UUID, job: Job | None) -> ConveyorError:
-        refused = _need(job_id, job, allowed, action)
+        refused = _need(job_id, job, allowed, action, worker_id)
         assert refused is not None, "refuse() called for a job the transition allowed"
         return refused.error
 
     return refuse
 
 
-def ack_transition(results: dict[UUID, Any], now_ms: int) -> Transition:
+def ack_transition(results: dict[UUID, Any], now_ms: int, worker_id: str | None = None) -> Transition:
     """active -> completed with its result, or removed when ``remove_on_complete``."""
     now = ms_to_dt(now_ms)
     return Transition(
         from_states=_ACTIVE,
         values={"state": JobState.COMPLETED, "completed_at": now, "updated_at": now},
         per_id={job_id: {"result": result} for job_id, result in results.items()},
-        refuse=_refusal("ack", _ACTIVE),
+        refuse=_refusal("ack", _ACTIVE, worker_id),
         delete_if="remove_on_complete",
+        worker_id=worker_id,
     )
 
 
@@ -116,9 +131,9 @@ def plan_failure(job: Job, error: str, now_ms: int, *, immediate: bool = False) 
     return FailurePlan(Update(values), False, JobState.DLQ, None)
 
 
-def decide_fail(error: str, now_ms: int) -> Decide:
+def decide_fail(error: str, now_ms: int, worker_id: str | None = None) -> Decide:
     def decide(job_id: UUID, job: Job | None) -> Change:
-        if refused := _need(job_id, job, _ACTIVE, "fail"):
+        if refused := _need(job_id, job, _ACTIVE, "fail", worker_id):
             return refused
         assert job is not None
         return plan_failure(job, error, now_ms).change
@@ -137,15 +152,19 @@ def decide_cancel(now_ms: int) -> Decide:
     return decide
 
 
-def decide_progress(progress: int, message: str | None, now_ms: int) -> Decide:
+def clamp_progress(value: float) -> int:
+    """Progress is an integer percentage: out-of-range reports are clamped, not refused."""
+    return round(min(100.0, max(0.0, float(value))))
+
+
+def decide_progress(progress: int, message: str | None, now_ms: int, worker_id: str | None = None) -> Decide:
     now = ms_to_dt(now_ms)
-    clamped = max(0, min(100, progress))
 
     def decide(job_id: UUID, job: Job | None) -> Change:
-        if refused := _need(job_id, job, _ACTIVE, "report progress of"):
+        if refused := _need(job_id, job, _ACTIVE, "report progress of", worker_id):
             return refused
         assert job is not None
-        values: dict[str, Any] = {"progress": clamped, "updated_at": now}
+        values: dict[str, Any] = {"progress": progress, "updated_at": now}
         if message is not None:
             logs = [*job.logs, LogEntry(timestamp=now, message=message)][-MAX_LOG_ENTRIES:]
             values["logs"] = logs
@@ -154,11 +173,11 @@ def decide_progress(progress: int, message: str | None, now_ms: int) -> Decide:
     return decide
 
 
-def decide_heartbeat(now_ms: int) -> Decide:
+def decide_heartbeat(now_ms: int, worker_id: str | None = None) -> Decide:
     now = ms_to_dt(now_ms)
 
     def decide(job_id: UUID, job: Job | None) -> Change:
-        if refused := _need(job_id, job, _ACTIVE, "heartbeat"):
+        if refused := _need(job_id, job, _ACTIVE, "heartbeat", worker_id):
             return refused
         return Update({"last_heartbeat": now, "updated_at": now})
 

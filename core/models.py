@@ -87,10 +87,10 @@ class JobOptions(_Input):
     unique_key: StrictStr | None = Field(None, min_length=1)
     custom_id: StrictStr | None = Field(None, min_length=1)
     tags: list[StrictStr] = Field(default_factory=list, max_length=64)
-    group_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    group_id: StrictStr | None = Field(None, min_length=1)
     metadata: JsonValue = None
     depends_on: list[UUID] = Field(default_factory=list, max_length=1000)
-    flow_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    flow_id: StrictStr | None = Field(None, min_length=1)
     lifo: StrictBool = False
     remove_on_complete: StrictBool = False
     remove_on_fail: StrictBool = False

@@ -54,9 +54,10 @@ class Transition:
     """A guarded change described as data, so a backend can apply it set-based in one
     statement without loading rows (the ack hot path).
 
-    Rows whose state is in ``from_states`` get ``values`` plus their own ``per_id`` values (every
-    entry has the same keys) -- or are deleted when their boolean field ``delete_if`` is true.
-    For every other id, ``refuse(id, current row or None)`` gives the error to report.
+    Rows whose state is in ``from_states`` (and, when ``worker_id`` is set, held by that worker)
+    get ``values`` plus their own ``per_id`` values (every entry has the same keys) -- or are
+    deleted when their boolean field ``delete_if`` is true. Every other id, including a repeat
+    of an id already changed, gets ``refuse(id, current row or None)`` as its error.
     """
 
     from_states: frozenset[JobState]
@@ -64,6 +65,7 @@ class Transition:
     per_id: dict[UUID, dict[str, Any]]
     refuse: Callable[[UUID, Job | None], ConveyorError]
     delete_if: str | None = None
+    worker_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +127,7 @@ class Storage(abc.ABC):
 
         With a `Decide`: lock the rows, call it once per id in the given order (an id given
         twice sees its own earlier change) and apply the results. With a `Transition`: apply it
-        set-based; ids must be distinct."""
+        set-based without loading the rows it changes."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: UUID) -> Job | None: ...

@@ -60,12 +60,13 @@ class SqlStorage(Storage, abc.ABC):
         self.wakeups = Wakeups()
 
     @abc.abstractmethod
-    async def _run(self, fn: Primitive[T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit."""
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit.
+        ``read_only`` promises ``fn`` writes nothing (SQLite then takes no write lock)."""
 
     async def insert_jobs(self, jobs: Sequence[Job], data_texts: Sequence[str | None] | None = None) -> None:
         texts = data_texts if data_texts is not None else [None] * len(jobs)
-        await self._run(_insert, list(zip(jobs, texts, strict=True)))
+        await self._run(_with_woken(p.insert_jobs), list(zip(jobs, texts, strict=True)))
 
     async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
         return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id)
@@ -76,31 +77,27 @@ class SqlStorage(Storage, abc.ABC):
         return await self._run(p.modify_jobs, ids, decide)
 
     async def get_job(self, job_id: UUID) -> Job | None:
-        return await self._run(_plain(p.get_job), job_id)
+        return await self._run(_plain(p.get_job), job_id, read_only=True)
 
     async def list_jobs(
         self, queue: str, state: str, *, limit: int, offset: int = 0, newest_first: bool = True
     ) -> list[Job]:
-        return await self._run(_plain(p.list_jobs), queue, state, limit, offset, newest_first)
+        return await self._run(_plain(p.list_jobs), queue, state, limit, offset, newest_first, read_only=True)
 
     async def promote_delayed(self, now_ms: int) -> int:
         return await self._run(p.promote_delayed, now_ms)
 
     async def find_overdue(self, now_ms: int, stall_before_ms: int, limit: int) -> dict[str, list[UUID]]:
-        return await self._run(_plain(p.find_overdue), now_ms, stall_before_ms, limit)
+        return await self._run(_plain(p.find_overdue), now_ms, stall_before_ms, limit, read_only=True)
 
     async def queues(self, queue: str | None = None) -> list[QueueRow]:
-        return await self._run(_plain(p.list_queues), queue)
+        return await self._run(_plain(p.list_queues), queue, read_only=True)
 
     async def set_paused(self, queue: str, paused: bool, now_ms: int) -> None:
         await self._run(_with_woken(p.set_paused), queue, paused, now_ms)
 
     async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
         await self.wakeups.wait(queue, timeout_s)
-
-
-def _insert(conn: Connection, batch: Sequence[tuple[Job, str | None]]) -> tuple[None, set[str]]:
-    return None, p.insert_jobs(conn, batch)
 
 
 def _with_woken(fn: Callable[..., set[str]]) -> Callable[..., tuple[None, set[str]]]:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, TypeVar
 
@@ -32,22 +32,26 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHANNEL = "conveyor_jobs"
+PAYLOAD_SEPARATOR = "/"
+"""Notifications carry ``schema/queue``: deployments in different schemas of one database
+share the channel but not each other's wake-ups."""
+RETRIES = 5
+RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 SAFETY_POLL_S = 2.0
 """Waiting pullers re-check at least this often, in case a notification was missed."""
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
-def _lock_key(name: str) -> int:
-    return zlib.crc32(f"conveyor:{name}".encode())
+def _lock_key(name: str, schema: str | None) -> int:
+    return zlib.crc32(f"conveyor:{schema or ''}:{name}".encode())
 
 
 class PostgresStorage(SqlStorage):
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         super().__init__(url)
         parsed = make_url(url)
-        self.schema = parsed.query.get("schema")
-        if isinstance(self.schema, tuple):
-            self.schema = self.schema[-1]
+        schema = parsed.query.get("schema")
+        self.schema: str | None = schema[-1] if isinstance(schema, tuple) else schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValidationError(
                 f"schema {self.schema!r} in the storage URL is not a plain identifier", field="storage"
@@ -73,7 +77,7 @@ class PostgresStorage(SqlStorage):
         try:
             async with self._engine.begin() as conn:
                 # Nodes starting together must not race to create the same tables.
-                await conn.execute(select(func.pg_advisory_xact_lock(_lock_key("schema"))))
+                await conn.execute(select(func.pg_advisory_xact_lock(_lock_key("schema", self.schema))))
                 if self.schema:
                     await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"'))
                 await conn.run_sync(ensure_schema)
@@ -100,19 +104,30 @@ class PostgresStorage(SqlStorage):
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
-    async def _run(self, fn: Primitive[T], *args: Any) -> T:
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
         if self._engine is None:
             raise StorageError(f"storage {self._safe_url()} is closed")
-        try:
-            async with self._engine.begin() as conn:
-                result, woken = await conn.run_sync(_and_notify, fn, args)
-        except ConveyorError:
-            raise
-        except SQLAlchemyError as exc:
-            raise StorageError(f"postgresql error: {getattr(exc, 'orig', exc)}") from None
+        for attempt in range(1, RETRIES + 1):
+            try:
+                async with self._engine.begin() as conn:
+                    result, woken = await conn.run_sync(_and_notify, fn, args, self._channel_payload)
+                break
+            except ConveyorError:
+                raise
+            except (SQLAlchemyError, psycopg.Error) as exc:
+                cause = getattr(exc, "orig", exc)
+                if getattr(cause, "sqlstate", None) in RETRYABLE and attempt < RETRIES:
+                    # Deadlock or serialization failure: the transaction was rolled back whole,
+                    # and primitives are pure functions of the rows, so running again is safe.
+                    await asyncio.sleep(0.005 * attempt)
+                    continue
+                raise StorageError(f"postgresql error: {cause}".strip()) from None
         if woken:
             self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
         return result
+
+    def _channel_payload(self, queue: str) -> str:
+        return f"{self.schema or ''}{PAYLOAD_SEPARATOR}{queue}"
 
     async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
         await super().wait_for_jobs(queue, min(timeout_s, SAFETY_POLL_S))
@@ -121,7 +136,7 @@ class PostgresStorage(SqlStorage):
     async def exclusive(self, name: str) -> AsyncIterator[bool]:
         if self._engine is None:
             raise StorageError("storage is closed")
-        key = _lock_key(name)
+        key = _lock_key(name, self.schema)
         async with self._engine.connect() as conn:
             held = bool(await conn.scalar(select(func.pg_try_advisory_lock(key))))
             await conn.commit()
@@ -142,8 +157,10 @@ class PostgresStorage(SqlStorage):
                     ready.set()
                     delay = 0.1
                     self.wakeups.wake_all()  # anything pushed while we were not listening
+                    mine = self._channel_payload("")
                     async for note in conn.notifies():
-                        self.wakeups.wake({note.payload})
+                        if note.payload.startswith(mine):
+                            self.wakeups.wake({note.payload[len(mine) :]})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - keep listening; pullers poll meanwhile
@@ -152,10 +169,12 @@ class PostgresStorage(SqlStorage):
                 delay = min(delay * 2, 5.0)
 
 
-def _and_notify(conn: Connection, fn: Primitive[T], args: tuple[Any, ...]) -> tuple[T, set[str]]:
+def _and_notify(
+    conn: Connection, fn: Primitive[T], args: tuple[Any, ...], payload: Callable[[str], str]
+) -> tuple[T, set[str]]:
     result, woken = fn(conn, *args)
     if woken:
         cursor = conn.connection.cursor()
         for queue in sorted(woken):
-            cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, queue))
+            cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(queue)))
     return result, woken

@@ -1,7 +1,7 @@
 """The storage primitives as synchronous functions over one SQLAlchemy connection.
 
-Both backends run exactly these functions inside a transaction: SQLite on its writer thread,
-PostgreSQL through ``AsyncConnection.run_sync``. Hot statements go straight to the driver
+Both backends run exactly these functions inside a transaction: SQLite in its group commit on
+the event loop, PostgreSQL through ``AsyncConnection.run_sync``. Hot statements go straight to the driver
 cursor with SQL written once (see `dialect`); cold ones use SQLAlchemy Core. Each function that
 can make jobs waiting also returns the set of queues it woke, for wake-ups after commit.
 """
@@ -23,10 +23,9 @@ from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject,
 
 from .codec import decode_job, encode_job, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
-from .tables import SCHEMA_VERSION, jobs, meta, metadata, queues
+from .tables import ACTIVE_SQL, NOT_STARTED_SQL, PENDING_STATES_SQL, SCHEMA_VERSION, jobs, meta, metadata, queues
 
 Woken = set[str]
-PENDING_SQL = "('waiting', 'delayed', 'blocked', 'active')"
 _INSERT = f"INSERT INTO {TABLE} ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -77,7 +76,7 @@ def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
     for queue, keys in by_queue.items():
         cur.execute(
             d.sql(
-                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND state IN {PENDING_SQL} "
+                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND state IN {PENDING_STATES_SQL} "
                 f"AND unique_key IN ({d.placeholders(len(keys))}) LIMIT 1"
             ),
             (queue, *keys),
@@ -121,6 +120,14 @@ _PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")
 
 def _claim_order(row: Sequence[Any]) -> tuple[int, int, str]:
     return (-row[_PRIORITY], row[_ORDER_KEY], str(row[0]))
+
+
+def _lock_in_order(cur: Any, d: Dialect, ids: Sequence[UUID]) -> None:
+    for start in range(0, len(ids), 500):
+        chunk = [d.encode_id(i) for i in ids[start : start + 500]]
+        cur.execute(
+            d.sql(f"SELECT id FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id FOR UPDATE"), chunk
+        )
 
 
 def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, Job]:
@@ -182,9 +189,14 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     extra = sorted(next(iter(t.per_id.values()))) if t.per_id else []
     sets = [f"{c} = ?" for c in common] + [f"{c} = v.{c}" for c in extra]
     states = [s.value for s in t.from_states]
+    owner = f" AND {TABLE}.worker_id = ?" if t.worker_id is not None else ""
     flag = f"{TABLE}.{t.delete_if}" if t.delete_if else "NULL"
     keys = [d.encode_id(i) for i in ids]
     unique = dict(zip(keys, ids, strict=True))  # first occurrence of each id, in order
+    if d.postgres:
+        # UPDATE ... FROM locks rows in join order; take the locks in id order first, as
+        # modify_jobs does, so concurrent batches and sweeps never deadlock on each other.
+        _lock_in_order(cur, d, sorted(unique.values()))
     done: dict[Any, tuple[str, bool]] = {}
     items = list(unique.items())
     for start in range(0, len(items), 500):
@@ -200,17 +212,21 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             d.sql(
                 f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {rows}) "
                 f"UPDATE {TABLE} SET {', '.join(sets)} FROM v "
-                f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(len(states))}) "
+                f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(len(states))}){owner} "
                 f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}"
             ),
-            [*params, *common.values(), *states],  # placeholder order: WITH rows, SET, states
+            # placeholder order: WITH rows, SET, states, owner
+            [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])],
         )
         for key, queue, delete in cur.fetchall():
             done[key] = (queue, bool(delete))
     if doomed := [key for key, (_, delete) in done.items() if delete]:
         cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), doomed)
+    accepted: list[bool] = []
     seen: set[Any] = set()
-    accepted = [key in done and not (key in seen or seen.add(key)) for key in keys]  # type: ignore[func-returns-value]
+    for key in keys:  # an id given twice is accepted once, then refused as already changed
+        accepted.append(key in done and key not in seen)
+        seen.add(key)
     refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted, strict=True) if not ok})
     refused = _select_for_update(cur, d, refused_ids) if refused_ids else {}
     results: list[Modified] = []
@@ -275,13 +291,17 @@ def promote_delayed(conn: Connection, now_ms: int) -> tuple[int, Woken]:
 
 
 def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int) -> dict[str, list[UUID]]:
-    def ids(*where: Any) -> list[UUID]:
-        return [r[0] for r in conn.execute(select(jobs.c.id).where(*where).limit(limit))]
+    cur, d = _cursor(conn)
 
+    def ids(where: str, cutoff: int) -> list[UUID]:
+        cur.execute(d.sql(f"SELECT id FROM {TABLE} WHERE {where} LIMIT ?"), (cutoff, limit))
+        return [d.decode_id(row[0]) for row in cur.fetchall()]
+
+    # Each condition repeats its partial index's predicate verbatim, so only live rows are read.
     return {
-        "stalled": ids(jobs.c.state == "active", jobs.c.last_heartbeat < stall_before_ms),
-        "timed_out": ids(jobs.c.deadline_at <= now_ms, jobs.c.state == "active"),
-        "expired": ids(jobs.c.expires_at <= now_ms, jobs.c.state.in_(("waiting", "delayed", "blocked"))),
+        "stalled": ids(f"{ACTIVE_SQL} AND last_heartbeat < ?", stall_before_ms),
+        "timed_out": ids(f"{ACTIVE_SQL} AND deadline_at <= ?", now_ms),
+        "expired": ids(f"{NOT_STARTED_SQL} AND expires_at <= ?", now_ms),
     }
 
 

@@ -1,9 +1,8 @@
 """SQLite backend: group commit on the event loop.
 
 SQLite allows one writer at a time, and a commit costs an fsync, so calls are not run one by one.
-A call queues its primitive and awaits; a flush scheduled with ``call_soon`` runs after every
-task that is ready right now has had its turn, then executes all queued primitives in one
-transaction -- each inside its own SAVEPOINT, so one failing push does not undo its neighbours --
+A call queues its primitive and awaits; a flusher task runs after every task that is ready right
+now has had its turn, then executes all queued primitives in one transaction -- each inside its own SAVEPOINT, so one failing push does not undo its neighbours --
 and commits them with one fsync. Sixteen tasks pushing at once cost one commit, not sixteen.
 
 The flush runs on the loop thread itself. A second thread would overlap I/O with Python work but
@@ -14,8 +13,8 @@ Durability: WAL with ``synchronous=FULL`` (the default) -- when a call returns, 
 is in the WAL on disk and survives a power loss, not just a process crash. ``NORMAL`` (setting
 ``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
 but the last commits may be lost if the machine loses power. Several processes may share one
-file; SQLite serializes their writers (``BEGIN IMMEDIATE`` with a busy timeout, during which this
-process's loop waits).
+file; SQLite serializes their writers (``BEGIN IMMEDIATE``); while another process holds the
+write lock, the flusher waits asynchronously, so this process's loop keeps running.
 """
 
 from __future__ import annotations
@@ -42,7 +41,10 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512
-BUSY_TIMEOUT_MS = 30_000
+LOCK_POLL_MS = 5
+"""SQLite's own busy wait per attempt; the loop is blocked only this long at a time."""
+LOCK_WAIT_S = 30.0
+"""How long a writer waits for another process's write lock before failing the calls."""
 CROSS_PROCESS_POLL_S = 0.2
 """SQLite cannot notify other processes: waiting pullers re-check at least this often."""
 
@@ -52,6 +54,7 @@ class _Op:
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
+    read_only: bool
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -72,14 +75,14 @@ class SqliteStorage(SqlStorage):
         self.path = database or ":memory:"
         self.memory = self.path == ":memory:"
         self._pending: list[_Op] = []
-        self._flush_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
         if not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -93,14 +96,18 @@ class SqliteStorage(SqlStorage):
             self._conn = engine.connect()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open {self.url}: {getattr(exc, 'orig', exc)}") from None
-        await self._run(_schema)
+        try:
+            await self._run(_schema)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        if self._conn is None:
             return
-        if self._pending:
-            self._flush(conn)
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)  # pending calls finish; nothing is dropped
+        conn, self._conn = self._conn, None
         engine = conn.engine
         conn.close()
         engine.dispose()
@@ -117,39 +124,68 @@ class SqliteStorage(SqlStorage):
 
     # -- execution ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Primitive[T], *args: Any) -> T:
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
         if self._conn is None:
             raise StorageError(f"storage {self.url} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Op(fn, args, future))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._scheduled_flush)
+        self._pending.append(_Op(fn, args, future, read_only))
+        if self._flusher is None:
+            # A task's first step runs after every callback that is ready now: the calls that
+            # arrive together are in the queue by then and share one transaction.
+            self._flusher = loop.create_task(self._flush())
         result, woken = await future
         if woken:
             self.wakeups.wake(woken)
         return result
 
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        if self._conn is not None:
-            self._flush(self._conn)
-
-    def _flush(self, conn: Connection) -> None:
-        while self._pending:
-            group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-            for op, (ok, value) in zip(group, self._commit_group(conn, group), strict=True):
-                if op.future.done():  # the caller was cancelled; its work is committed anyway
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
+                # A caller cancelled before its turn is dropped, not run: a cancelled pull must
+                # not claim jobs that nobody will receive.
+                group = [op for op in group if not op.future.done()]
+                if not group:
                     continue
-                if ok:
-                    op.future.set_result(value)
-                else:
-                    op.future.set_exception(value)
+                assert self._conn is not None
+                outcomes = await self._commit_group(self._conn, group)
+                for op, (ok, value) in zip(group, outcomes, strict=True):
+                    if op.future.done():
+                        continue
+                    if ok:
+                        op.future.set_result(value)
+                    else:
+                        op.future.set_exception(value)
+        finally:
+            self._flusher = None
 
-    def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any]]:
-        """Run ``group`` in one IMMEDIATE transaction (write lock taken up front: no lock
-        upgrades that could deadlock between processes), each op in its own savepoint.
+    async def _begin(self, raw: sqlite3.Connection, read_only: bool) -> None:
+        """Start the group's transaction. Writers take the lock up front (IMMEDIATE: no lock
+        upgrade that could deadlock between processes); while another process holds it, wait
+        here with the loop free, not inside SQLite's busy handler."""
+        if read_only:
+            raw.execute("BEGIN")  # WAL readers never wait for writers
+            return
+        waited = 0.0
+        delay = 0.001
+        while True:
+            try:
+                raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if waited >= LOCK_WAIT_S:
+                    raise StorageError(
+                        f"{self.path} stayed locked by another process for {LOCK_WAIT_S:.0f} s"
+                    ) from None
+            await asyncio.sleep(delay)
+            waited += delay + LOCK_POLL_MS / 1000
+            delay = min(delay * 2, 0.05)
+
+    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any]]:
+        """Run ``group`` in one transaction, each op in its own savepoint.
 
         Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
@@ -157,7 +193,7 @@ class SqliteStorage(SqlStorage):
         raw: Any = conn.connection.driver_connection
         outcomes: list[tuple[bool, Any]] = []
         try:
-            raw.execute("BEGIN IMMEDIATE")
+            await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
                 if len(group) == 1:
                     op = group[0]

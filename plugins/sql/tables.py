@@ -16,6 +16,9 @@ from sqlmodel import Field, SQLModel
 SCHEMA_VERSION = 1
 
 PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
+ACTIVE_SQL = "state = 'active'"
+NOT_STARTED_SQL = "state IN ('waiting', 'delayed', 'blocked')"
+"""Partial-index predicates; queries must repeat them verbatim for the planner to use them."""
 
 
 def _partial(name: str, where: str, *columns: Any, unique: bool = False) -> Index:
@@ -36,9 +39,10 @@ class JobRow(SQLModel, table=True):
         _partial("ix_conveyor_jobs_claim", "state = 'waiting'", "queue", text("priority DESC"), "order_key", "id"),
         Index("ix_conveyor_jobs_queue_state", "queue", "state"),
         _partial("ix_conveyor_jobs_delayed", "state = 'delayed'", "delay_until"),
-        _partial("ix_conveyor_jobs_heartbeat", "state = 'active'", "last_heartbeat"),
-        _partial("ix_conveyor_jobs_deadline", "deadline_at IS NOT NULL", "deadline_at"),
-        _partial("ix_conveyor_jobs_expires", "expires_at IS NOT NULL", "expires_at"),
+        _partial("ix_conveyor_jobs_heartbeat", ACTIVE_SQL, "last_heartbeat"),
+        # Sweeps read only rows that can still time out or expire; finished jobs leave these.
+        _partial("ix_conveyor_jobs_deadline", ACTIVE_SQL, "deadline_at"),
+        _partial("ix_conveyor_jobs_expires", NOT_STARTED_SQL, "expires_at"),
         _partial("ix_conveyor_jobs_flow", "flow_id IS NOT NULL", "flow_id"),
         # Unique keys are held only by pending jobs: a completed job frees its key.
         _partial(
