@@ -46,6 +46,18 @@ CASES: list[tuple[str, Call, type[ConveyorError], int, str]] = [
     ("batch not a list", lambda a: a.push_batch("q", {"name": "j"}), ValidationError, 400, "jobs"),  # type: ignore[arg-type]
     ("batch item data too big", lambda a: a.push_batch("q", [{"name": "a"}, {"name": "b", "data": "x" * MB}]), LimitExceededError, 413, "jobs[1].data"),
     ("batch item queue invalid", lambda a: a.push_batch("q", [{"name": "a", "queue": "no spaces"}]), ValidationError, 400, "jobs[0].queue"),
+    ("custom_id too long", lambda a: a.push("q", "j", custom_id="c" * 1025), LimitExceededError, 413, "options.custom_id"),
+    ("tag too long", lambda a: a.push("q", "j", tags=["ok", "t" * 257]), LimitExceededError, 413, "options.tags[1]"),
+    ("too many tags", lambda a: a.push("q", "j", tags=["t"] * 65), ValidationError, 400, "options.tags"),
+    ("group_id too long", lambda a: a.push("q", "j", group_id="g" * 257), LimitExceededError, 413, "options.group_id"),
+    ("flow_id too long", lambda a: a.push("q", "j", flow_id="f" * 257), LimitExceededError, 413, "options.flow_id"),
+    ("NUL in name", lambda a: a.push("q", "a\x00b"), ValidationError, 400, "name"),
+    ("NUL in unique key", lambda a: a.push("q", "j", unique_key="k\x00"), ValidationError, 400, "options.unique_key"),
+    ("NaN in data", lambda a: a.push("q", "j", {"x": float("nan")}), ValidationError, 400, "data"),
+    ("Infinity in metadata", lambda a: a.push("q", "j", metadata={"x": float("inf")}), ValidationError, 400, "options.metadata"),
+    ("worker_id too long", lambda a: a.pull("q", worker_id="w" * 257), LimitExceededError, 413, "worker_id"),
+    ("worker_id not str", lambda a: a.pull("q", worker_id=7), ValidationError, 400, "worker_id"),  # type: ignore[arg-type]
+    ("NUL in error", lambda a: a.fail("01a21ed9-201d-7788-bdd4-54a4c7e31dd9", "e\x00"), ValidationError, 400, "error"),
     ("pull count zero", lambda a: a.pull("q", 0), ValidationError, 400, "count"),
     ("pull count huge", lambda a: a.pull("q", 1001), ValidationError, 400, "count"),
     ("pull count string", lambda a: a.pull("q", "5"), ValidationError, 400, "count"),  # type: ignore[arg-type]

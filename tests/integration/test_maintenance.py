@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 import pytest
 
 from conveyor import Conveyor, JobState
@@ -80,19 +79,6 @@ async def test_a_sweep_run_twice_changes_nothing_more(app: Conveyor, clock: Fake
     second = await app.run_maintenance()
     assert (second.stalled, second.promoted, second.timed_out, second.expired) == (0, 0, 0, 0)
     assert {j.attempt for j in await app.pull("q", 10)} == {0, 1}
-
-
-async def test_concurrent_sweeps_on_two_postgres_nodes_fail_each_stall_once(pg_schema: str, clock: FakeClock) -> None:
-    opts = {"clock": clock, "maintenance": False, "plugin_autoload": False}
-    async with Conveyor(pg_schema, **opts) as a, Conveyor(pg_schema, **opts) as b:
-        ids = await a.push_batch("q", [{"name": f"j{i}", "options": {"backoff_delay_ms": 0}} for i in range(50)])
-        await a.pull("q", 50)
-        clock.advance(STALL + 1)
-        async with anyio.create_task_group() as tg:
-            for node in (a, b, a, b):
-                tg.start_soon(node.run_maintenance)
-        jobs = [await b.get(i) for i in ids]
-        assert {(j.state, j.attempt) for j in jobs if j} == {(JobState.WAITING, 1)}
 
 
 async def test_the_embedded_loop_recovers_a_stalled_job(file_url: str) -> None:
