@@ -92,11 +92,14 @@ async def run(url: str, label: str, n: int, **options: object) -> None:
         drained = await drain(app, n, 100)
         await batch_push(app, n, 100)
         drained4 = await drain(app, n, 100, consumers=4)
+        await batch_push(app, n, 1000)
+        drained_big = await drain(app, n, 1000)
     print(f"{label:>10} | single push, 1 client  {seq:9,.0f}/s")
     print(f"{label:>10} | single push, 16 tasks  {conc:9,.0f}/s")
     print(f"{label:>10} | batch push (100)       {batched:9,.0f}/s")
     print(f"{label:>10} | drain (pull+ack 100)   {drained:9,.0f}/s")
     print(f"{label:>10} | drain, 4 consumers     {drained4:9,.0f}/s")
+    print(f"{label:>10} | drain (pull+ack 1000)  {drained_big:9,.0f}/s")
 
 
 def main() -> None:
