@@ -101,7 +101,8 @@ class Conveyor:
         try:
             await storage.open()
         except BaseException:
-            await storage.close()  # release whatever a half-done open holds
+            with anyio.CancelScope(shield=True):
+                await storage.close()  # release whatever a half-done open holds
             raise
         self._storage = storage
         try:

@@ -154,7 +154,9 @@ def decide_cancel(now_ms: int) -> Decide:
 
 def clamp_progress(value: float) -> int:
     """Progress is an integer percentage: out-of-range reports are clamped, not refused."""
-    return round(min(100.0, max(0.0, float(value))))
+    if isinstance(value, int):
+        return max(0, min(100, value))  # exact, and no overflow for huge integers
+    return round(min(100.0, max(0.0, value)))
 
 
 def decide_progress(progress: int, message: str | None, now_ms: int, worker_id: str | None = None) -> Decide:

@@ -39,7 +39,8 @@ RETRIES = 5
 RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 SAFETY_POLL_S = 2.0
 """Waiting pullers re-check at least this often, in case a notification was missed."""
-_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+"""Lower case only: search_path folds unquoted names to lower case."""
 
 
 def _lock_key(name: str, schema: str | None) -> int:
@@ -54,7 +55,7 @@ class PostgresStorage(SqlStorage):
         self.schema: str | None = schema[-1] if isinstance(schema, tuple) else schema
         if self.schema is not None and not _SCHEMA_NAME.fullmatch(self.schema):
             raise ValidationError(
-                f"schema {self.schema!r} in the storage URL is not a plain identifier", field="storage"
+                f"schema {self.schema!r} in the storage URL must be a lower-case identifier", field="storage"
             )
         base = parsed.difference_update_query(["schema"])
         self._sa_url = base.set(drivername="postgresql+psycopg")

@@ -77,17 +77,21 @@ class SqliteStorage(SqlStorage):
         self._pending: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._conn: Connection | None = None
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
+        # Opening may meet another process creating the same file: wait for it as long as a
+        # writer would. Afterwards lock waits happen in `_begin`, with the loop free.
+        conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
         if not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -65536")
+        conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
         return conn
 
     async def open(self) -> None:
@@ -103,11 +107,13 @@ class SqliteStorage(SqlStorage):
             raise
 
     async def close(self) -> None:
-        if self._conn is None:
-            return
-        if self._flusher is not None:
+        """Finish every call already queued, refuse new ones, then close. Safe to call twice."""
+        self._closing = True
+        while self._flusher is not None:
             await asyncio.shield(self._flusher)  # pending calls finish; nothing is dropped
         conn, self._conn = self._conn, None
+        if conn is None:
+            return
         engine = conn.engine
         conn.close()
         engine.dispose()
@@ -125,7 +131,7 @@ class SqliteStorage(SqlStorage):
     # -- execution ---------------------------------------------------------------------------
 
     async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
-        if self._conn is None:
+        if self._conn is None or self._closing:
             raise StorageError(f"storage {self.url} is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -140,23 +146,29 @@ class SqliteStorage(SqlStorage):
         return result
 
     async def _flush(self) -> None:
+        group: list[_Op] = []
         try:
             while self._pending:
                 group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-                # A caller cancelled before its turn is dropped, not run: a cancelled pull must
-                # not claim jobs that nobody will receive.
-                group = [op for op in group if not op.future.done()]
-                if not group:
-                    continue
-                assert self._conn is not None
+                assert self._conn is not None  # close() waits for this task before closing
                 outcomes = await self._commit_group(self._conn, group)
-                for op, (ok, value) in zip(group, outcomes, strict=True):
-                    if op.future.done():
+                for op, outcome in zip(group, outcomes, strict=True):
+                    if outcome is None or op.future.done():
                         continue
+                    ok, value = outcome
                     if ok:
                         op.future.set_result(value)
                     else:
                         op.future.set_exception(value)
+                group = []
+        except BaseException as exc:
+            # Never leave a caller waiting: whatever broke the flusher fails every queued call.
+            error = StorageError(f"sqlite storage failed: {exc!r}")
+            for op in [*group, *self._pending]:
+                if not op.future.done():
+                    op.future.set_exception(error)
+            self._pending = []
+            raise
         finally:
             self._flusher = None
 
@@ -167,39 +179,42 @@ class SqliteStorage(SqlStorage):
         if read_only:
             raw.execute("BEGIN")  # WAL readers never wait for writers
             return
-        waited = 0.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_WAIT_S
         delay = 0.001
         while True:
             try:
                 raw.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if getattr(exc, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     raise
-                if waited >= LOCK_WAIT_S:
+                if loop.time() >= deadline:
                     raise StorageError(
                         f"{self.path} stayed locked by another process for {LOCK_WAIT_S:.0f} s"
                     ) from None
             await asyncio.sleep(delay)
-            waited += delay + LOCK_POLL_MS / 1000
             delay = min(delay * 2, 0.05)
 
-    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any]]:
-        """Run ``group`` in one transaction, each op in its own savepoint.
+    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any] | None]:
+        """Run ``group`` in one transaction, each op in its own savepoint; None for an op whose
+        caller was cancelled before it ran (it is skipped, so a cancelled pull claims nothing).
 
         Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
         afterwards; its begin and rollback are no-ops on this autocommit-mode connection."""
         raw: Any = conn.connection.driver_connection
-        outcomes: list[tuple[bool, Any]] = []
+        outcomes: list[tuple[bool, Any] | None] = []
         try:
             await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
-                if len(group) == 1:
-                    op = group[0]
-                    outcomes.append((True, op.fn(conn, *op.args)))
-                else:
-                    for op in group:
+                live = [op for op in group if not op.future.done()]  # re-checked after any lock wait
+                for op in group:
+                    if op.future.done():
+                        outcomes.append(None)
+                    elif len(live) == 1:
+                        outcomes.append((True, op.fn(conn, *op.args)))
+                    else:
                         raw.execute("SAVEPOINT op")
                         try:
                             outcomes.append((True, op.fn(conn, *op.args)))

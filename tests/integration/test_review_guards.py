@@ -168,3 +168,56 @@ async def test_a_sqlite_writer_waits_for_another_process_without_blocking_the_lo
         other.close()
         assert ticks >= 50
         assert (await app.get(job_id)).state is JobState.WAITING  # type: ignore[union-attr]
+
+
+async def test_a_pull_cancelled_while_waiting_for_the_lock_claims_nothing(file_url: str) -> None:
+    async with Conveyor(file_url, maintenance=False, plugin_autoload=False) as app:
+        job_id = await app.push("q", "precious")
+        other = sqlite3.connect(file_url.removeprefix("sqlite:///"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with anyio.move_on_after(0.05):
+            await app.pull("q")  # waits for the lock, then its caller gives up
+        other.execute("COMMIT")
+        other.close()
+        assert (await app.get(job_id)).state is JobState.WAITING  # type: ignore[union-attr]
+
+
+async def test_close_finishes_queued_calls_and_refuses_later_ones(file_url: str) -> None:
+    from conveyor import StorageError
+
+    app = Conveyor(file_url, maintenance=False, plugin_autoload=False)
+    await app.open()
+    storage = app.storage
+    results: list[Any] = []
+
+    async def push_then_push_again() -> None:
+        results.append(await app.push("q", "first"))
+        try:
+            await storage.insert_jobs([])  # a caller woken during close() must not hang
+        except StorageError as exc:
+            results.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(push_then_push_again)
+        await anyio.sleep(0)
+        tg.start_soon(storage.close)
+        tg.start_soon(storage.close)  # twice at once is harmless
+    assert len(results) == 2 and isinstance(results[1], StorageError)
+    await app.close()
+
+
+async def test_huge_progress_is_clamped(app: Conveyor) -> None:
+    job_id = await app.push("q", "j")
+    await app.pull("q")
+    await app.progress(job_id, 10**400)
+    assert (await app.get(job_id)).progress == 100  # type: ignore[union-attr]
+    await app.progress(job_id, float("-inf"))
+    assert (await app.get(job_id)).progress == 0  # type: ignore[union-attr]
+
+
+def test_a_mixed_case_schema_is_refused_with_a_clear_error() -> None:
+    from conveyor import ValidationError
+    from conveyor.plugins.sql.postgres import PostgresStorage
+
+    with pytest.raises(ValidationError, match="lower-case"):
+        PostgresStorage("postgresql://postgres@127.0.0.1/test?schema=Mixed")
