@@ -14,7 +14,7 @@ import anyio
 import pluggy
 
 from . import _limits as limits
-from . import lifecycle, maintenance
+from . import dag, lifecycle, maintenance
 from ._ids import uuid7
 from ._plugins import make_plugin_manager
 from .config import Settings
@@ -34,7 +34,7 @@ from .models import (
     QueueInfo,
     trusted,
 )
-from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
+from .storage import Decide, Modified, Reject, ResolveParents, Skip, Storage, Transition, Update
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -177,7 +177,7 @@ class Conveyor:
             body["options"] = options
         spec = JobSpec.parse(body)
         job, text = self._new_job(limits.check_queue_name(queue), spec, self.now_ms())
-        await self.storage.insert_jobs([job], [text])
+        await self.storage.insert_jobs([job], [text], self._resolver([job], ["options"]))
         self._emit_pushed([job])
         return job.id
 
@@ -198,9 +198,16 @@ class Conveyor:
                 built.append(self._new_job(target, spec, now))
             except ValidationError as exc:
                 raise _prefixed(exc, where) from None
-        await self.storage.insert_jobs([job for job, _ in built], [text for _, text in built])
+        jobs_built = [job for job, _ in built]
+        labels = [f"jobs[{i}].options" for i in range(len(built))]
+        await self.storage.insert_jobs(jobs_built, [text for _, text in built], self._resolver(jobs_built, labels))
         self._emit_pushed([job for job, _ in built])
         return [job.id for job, _ in built]
+
+    def _resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
+        if not any(job.depends_on for job in jobs):
+            return None
+        return dag.parent_resolver(labels, self.settings.max_dag_depth)
 
     def _new_job(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
         o = spec.options
@@ -217,11 +224,6 @@ class Conveyor:
         for name in ("group_id", "flow_id"):
             if (value := getattr(o, name)) is not None:
                 limits.check_bytes(f"options.{name}", value, limits.MAX_QUEUE_NAME_BYTES)
-        if o.depends_on:
-            raise ValidationError(
-                "options.depends_on: job dependencies (DAG flows) are not available in this version",
-                field="options.depends_on",
-            )
         now = ms_to_dt(now_ms)
         delayed = o.delay_ms > 0
         job = Job.trusted(dict(
@@ -230,7 +232,7 @@ class Conveyor:
             delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
             started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
             backoff_delay_ms=o.backoff_delay_ms, last_error=None, ttl_ms=o.ttl_ms, timeout_ms=o.timeout_ms,
-            unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=[],
+            unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=list(dict.fromkeys(o.depends_on)),
             flow_id=o.flow_id, lifo=o.lifo, remove_on_complete=o.remove_on_complete,
             remove_on_fail=o.remove_on_fail, worker_id=None, last_heartbeat=None,
         ))  # fmt: skip
@@ -312,7 +314,7 @@ class Conveyor:
         assert done.before is not None
         plan = lifecycle.plan_failure(done.before, error, now)
         if self.events.active:
-            self._emit(_failure_events(done, plan, error, now))
+            self._emit(_failure_events(done, plan, error, now) + _cascade_events(done, now))
         next_at = ms_to_dt(plan.next_attempt_ms) if plan.next_attempt_ms is not None else None
         return FailOutcome(
             id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state
@@ -324,7 +326,7 @@ class Conveyor:
         now = self.now_ms()
         done = await self._modify_one(job_id, lifecycle.decide_cancel(now))
         if self.events.active:
-            self._emit([_event("job.cancelled", done, now)])
+            self._emit([_event("job.cancelled", done, now), *_cascade_events(done, now)])
 
     async def progress(
         self, job_id: UUID | str, progress: int | float, message: str | None = None, *, worker_id: str | None = None
@@ -406,6 +408,7 @@ class Conveyor:
                 )
             if state is JobState.DLQ:
                 events.append(_event("job.dlq", done, now_ms))
+            events.extend(_cascade_events(done, now_ms))
         self._emit(events)
         return changed
 
@@ -425,6 +428,18 @@ def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None =
         Event,
         {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
     )
+
+
+def _cascade_events(done: Modified, now_ms: int) -> list[Event]:
+    """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
+    at = ms_to_dt(now_ms)
+    return [
+        trusted(
+            Event,
+            {"event": "job.dlq", "job_id": job_id, "queue": queue, "timestamp": at, "data": {"cause": str(done.id)}},
+        )
+        for job_id, queue in done.cascaded
+    ]
 
 
 def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:

@@ -25,6 +25,7 @@ class Settings(BaseSettings):
         "survives a crash of this process, but the last commits may be lost on power loss; "
         "commits skip the fsync.",
     )
+    max_dag_depth: int = Field(10, ge=1, le=64, description="Longest chain of depends_on a job may end.")
     maintenance_interval_ms: int = Field(500, ge=10, description="Pause between maintenance sweeps.")
     maintenance: bool = Field(True, description="Run the maintenance loop in this process.")
     event_buffer: int = Field(10_000, ge=1, description="Events buffered per sink before dropping.")

@@ -16,7 +16,7 @@ from uuid import UUID
 from ._limits import MAX_LOG_ENTRIES
 from .errors import ConveyorError, InvalidStateError, JobNotFoundError
 from .models import Backoff, Job, JobState, LogEntry
-from .storage import Change, Decide, Delete, Reject, Skip, Transition, Update
+from .storage import Change, Children, Decide, Delete, Reject, Skip, Transition, Update
 
 MAX_BACKOFF_MS = 7 * 86_400_000
 """Backoff delays are capped at 7 days so large attempt counts cannot overflow a timestamp."""
@@ -45,6 +45,11 @@ def backoff_ms(strategy: Backoff, base_ms: int, attempt: int) -> int:
     else:
         delay = base_ms * (1 << min(attempt - 1, 40))
     return min(delay, MAX_BACKOFF_MS)
+
+
+def _dead(parent: UUID, what: str, now_ms: int) -> Children:
+    """A job that can never complete takes its blocked descendants to the DLQ, naming itself."""
+    return Children(cascade_error=f"dependency {parent} {what}: this job can never run", at_ms=now_ms)
 
 
 def _need(
@@ -97,6 +102,7 @@ def ack_transition(results: dict[UUID, Any], now_ms: int, worker_id: str | None 
         refuse=_refusal("ack", _ACTIVE, worker_id),
         delete_if="remove_on_complete",
         worker_id=worker_id,
+        children=Children(release=True, at_ms=now_ms),
     )
 
 
@@ -126,9 +132,9 @@ def plan_failure(job: Job, error: str, now_ms: int, *, immediate: bool = False) 
             return FailurePlan(Update(values), True, JobState.DELAYED, due)
         return FailurePlan(Update({**common, "state": JobState.WAITING}), True, JobState.WAITING, now_ms)
     if job.remove_on_fail:
-        return FailurePlan(Delete(), False, JobState.DLQ, None)
+        return FailurePlan(Delete(_dead(job.id, "went to the DLQ", now_ms)), False, JobState.DLQ, None)
     values = {**common, "state": JobState.DLQ, "completed_at": now}
-    return FailurePlan(Update(values), False, JobState.DLQ, None)
+    return FailurePlan(Update(values, _dead(job.id, "went to the DLQ", now_ms)), False, JobState.DLQ, None)
 
 
 def decide_fail(error: str, now_ms: int, worker_id: str | None = None) -> Decide:
@@ -147,7 +153,10 @@ def decide_cancel(now_ms: int) -> Decide:
     def decide(job_id: UUID, job: Job | None) -> Change:
         if refused := _need(job_id, job, CANCELLABLE, "cancel"):
             return refused
-        return Update({"state": JobState.CANCELLED, "completed_at": now, "updated_at": now})
+        return Update(
+            {"state": JobState.CANCELLED, "completed_at": now, "updated_at": now},
+            _dead(job_id, "was cancelled", now_ms),
+        )
 
     return decide
 
@@ -223,7 +232,10 @@ def decide_expired(now_ms: int) -> Decide:
         if dt_to_ms(job.created_at) + job.ttl_ms > now_ms:
             return Skip()
         error = f"expired: not started within ttl_ms={job.ttl_ms}"
-        return Update({"state": JobState.DLQ, "last_error": error, "completed_at": now, "updated_at": now})
+        return Update(
+            {"state": JobState.DLQ, "last_error": error, "completed_at": now, "updated_at": now},
+            _dead(job_id, "expired", now_ms),
+        )
 
     return decide
 

@@ -20,15 +20,36 @@ from .models import Job, JobState
 
 
 @dataclass(frozen=True, slots=True)
+class Children:
+    """What a change does to the job's blocked dependents, in the same transaction.
+
+    ``release``: the job completed; dependents whose parents have all completed leave
+    ``blocked`` (to ``waiting``, or ``delayed`` while their delay runs). ``cascade_error``: the
+    job can never complete; every blocked descendant, recursively, goes to the DLQ with this
+    text as its ``last_error``."""
+
+    release: bool = False
+    cascade_error: str | None = None
+    at_ms: int = 0
+    """When the change happens (epoch ms): the time written on released and cascaded rows."""
+
+
+NO_CHILDREN = Children()
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """Set these `Job` fields (by field name, Python values) on the row."""
 
     values: dict[str, Any]
+    children: Children = NO_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)
 class Delete:
     """Remove the row (``remove_on_complete`` / ``remove_on_fail``)."""
+
+    children: Children = NO_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +65,7 @@ class Skip:
 
 
 Change = Update | Delete | Reject | Skip
+ResolveParents = Callable[[Sequence[Job], dict[UUID, Job], dict[UUID, int]], list[Job]]
 Decide = Callable[[UUID, "Job | None"], Change]
 """Pure function from (id, current row or None) to the change to apply. Runs inside the
 backend's transaction, possibly on another thread: it must not block or touch the storage."""
@@ -66,6 +88,7 @@ class Transition:
     refuse: Callable[[UUID, Job | None], ConveyorError]
     delete_if: str | None = None
     worker_id: str | None = None
+    children: Children = NO_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +102,8 @@ class Modified:
     before: Job | None
     change: Change
     queue: str | None = None
+    cascaded: tuple[tuple[UUID, str], ...] = ()
+    """(id, queue) of the blocked descendants this change sent to the DLQ."""
 
 
 @dataclass(slots=True)
@@ -106,9 +131,20 @@ class Storage(abc.ABC):
         """Finish pending writes and release connections. Safe to call twice."""
 
     @abc.abstractmethod
-    async def insert_jobs(self, jobs: Sequence[Job], data_texts: Sequence[str | None] | None = None) -> None:
-        """Insert all jobs or none. ``data_texts`` optionally gives each job's ``data`` already
-        serialized (the kernel serialized it to check its size), so it is not encoded twice.
+    async def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        data_texts: Sequence[str | None] | None = None,
+        resolve: ResolveParents | None = None,
+    ) -> None:
+        """Insert all jobs or none, with a dependency edge for each of their ``depends_on``.
+        ``data_texts`` optionally gives each job's ``data`` already serialized (the kernel
+        serialized it to check its size), so it is not encoded twice.
+
+        When jobs have parents outside the batch, the backend locks those parent rows, measures
+        each one's ancestor depth (longest chain above it, up to ``max_depth + 1``) and calls
+        ``resolve(jobs, parents, depths)`` inside the transaction; it returns the jobs to insert
+        (their initial state decided from the parents) or raises to refuse the batch.
 
         Raises ``QueuePausedError`` if any target queue is paused and ``DuplicateKeyError`` if a
         unique key is already held by a non-terminal job of the same queue (or twice in ``jobs``).

@@ -15,7 +15,7 @@ import anyio
 from sqlalchemy import Connection
 
 from conveyor.models import Job
-from conveyor.storage import Decide, Modified, QueueRow, Storage, Transition
+from conveyor.storage import Decide, Modified, QueueRow, ResolveParents, Storage, Transition
 
 from . import primitives as p
 
@@ -64,9 +64,14 @@ class SqlStorage(Storage, abc.ABC):
         """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit.
         ``read_only`` promises ``fn`` writes nothing (SQLite then takes no write lock)."""
 
-    async def insert_jobs(self, jobs: Sequence[Job], data_texts: Sequence[str | None] | None = None) -> None:
+    async def insert_jobs(
+        self,
+        jobs: Sequence[Job],
+        data_texts: Sequence[str | None] | None = None,
+        resolve: ResolveParents | None = None,
+    ) -> None:
         texts = data_texts if data_texts is not None else [None] * len(jobs)
-        await self._run(_with_woken(p.insert_jobs), list(zip(jobs, texts, strict=True)))
+        await self._run(_with_woken(p.insert_jobs), list(zip(jobs, texts, strict=True)), resolve)
 
     async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
         return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id)

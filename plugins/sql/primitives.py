@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -19,13 +20,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from conveyor.errors import DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
-from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, Transition, Update
+from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
 from .codec import decode_job, encode_job, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
-from .tables import ACTIVE_SQL, NOT_STARTED_SQL, PENDING_STATES_SQL, SCHEMA_VERSION, jobs, meta, metadata, queues
+from .tables import ACTIVE_SQL, NOT_STARTED_SQL, PENDING_STATES_SQL, SCHEMA_VERSION, deps, jobs, meta, metadata, queues
 
 Woken = set[str]
+DEPS = deps.name
 _INSERT = f"INSERT INTO {TABLE} ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -41,13 +43,23 @@ def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
     return [row[0] for row in cur.fetchall()]
 
 
-def insert_jobs(conn: Connection, batch: Sequence[tuple[Job, str | None]]) -> Woken:
+def insert_jobs(
+    conn: Connection, batch: Sequence[tuple[Job, str | None]], resolve: ResolveParents | None = None
+) -> Woken:
     cur, d = _cursor(conn)
     names = sorted({job.queue for job, _ in batch})
     if paused := _paused(cur, d, names):
         raise QueuePausedError(f"queue {paused[0]!r} is paused: it accepts no new jobs", details={"queue": paused[0]})
-    _check_unique_keys(cur, d, [job for job, _ in batch])
-    rows = [encode_job(job, d, text) for job, text in batch]
+    jobs = [job for job, _ in batch]
+    _check_unique_keys(cur, d, jobs)
+    edges = [(job.id, parent) for job in jobs for parent in job.depends_on]
+    if edges and resolve is not None:
+        inside = {job.id for job in jobs}
+        outside = sorted({parent for _, parent in edges if parent not in inside})
+        parents = _select_for_update(cur, d, outside)  # a parent cannot die while we look
+        jobs = resolve(jobs, parents, _ancestor_depths(cur, d, sorted(parents)))
+    texts = [text for _, text in batch]
+    rows = [encode_job(job, d, text) for job, text in zip(jobs, texts, strict=True)]
     try:
         if len(rows) == 1:
             cur.execute(d.sql(_INSERT), rows[0])
@@ -57,7 +69,84 @@ def insert_jobs(conn: Connection, batch: Sequence[tuple[Job, str | None]]) -> Wo
         if "unique" in str(exc).lower() and "unique_key" in str(exc):
             raise DuplicateKeyError("unique_key is already held by a pending job (concurrent push)") from None
         raise
-    return {job.queue for job, _ in batch if job.state is JobState.WAITING}
+    if edges:
+        cur.executemany(
+            d.sql(f"INSERT INTO {DEPS} (child_id, parent_id) VALUES (?, ?)"),
+            [(d.encode_id(child), d.encode_id(parent)) for child, parent in edges],
+        )
+    return {job.queue for job in jobs if job.state is JobState.WAITING}
+
+
+def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -> dict[UUID, int]:
+    """Longest chain of ancestors above each job (0 for a root), counted up to ``cap``."""
+    if not ids:
+        return {}
+    cur.execute(
+        d.sql(
+            f"WITH RECURSIVE up(root, id, depth) AS ("
+            f"SELECT id, id, 0 FROM {TABLE} WHERE id IN ({d.placeholders(len(ids))}) "
+            f"UNION SELECT up.root, e.parent_id, up.depth + 1 FROM {DEPS} e JOIN up ON e.child_id = up.id "
+            "WHERE up.depth < ?) SELECT root, max(depth) FROM up GROUP BY root"
+        ),
+        [*(d.encode_id(i) for i in ids), cap],
+    )
+    return {d.decode_id(root): depth for root, depth in cur.fetchall()}
+
+
+def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int) -> Woken:
+    """Blocked children of ``parents`` whose parents have all completed (or were removed on
+    completion) leave ``blocked``. Children are locked first, in id order: on PostgreSQL two
+    parents completing at once on two nodes then see each other's commit, so the last one
+    to finish releases the child."""
+    if not parents:
+        return set()
+    keys = [d.encode_id(p) for p in parents]
+    cur.execute(
+        d.sql(
+            f"SELECT id FROM {TABLE} WHERE state = 'blocked' AND id IN (SELECT child_id FROM {DEPS} "
+            f"WHERE parent_id IN ({d.placeholders(len(keys))})) ORDER BY id{d.for_update}"
+        ),
+        keys,
+    )
+    children = [row[0] for row in cur.fetchall()]
+    if not children:
+        return set()
+    cur.execute(
+        d.sql(
+            f"UPDATE {TABLE} SET state = CASE WHEN delay_until IS NOT NULL AND delay_until > ? "
+            "THEN 'delayed' ELSE 'waiting' END, updated_at = ? "
+            f"WHERE id IN ({d.placeholders(len(children))}) AND state = 'blocked' AND NOT EXISTS ("
+            f"SELECT 1 FROM {DEPS} e JOIN {TABLE} p ON p.id = e.parent_id "
+            f"WHERE e.child_id = {TABLE}.id AND p.state <> 'completed') RETURNING queue, state"
+        ),
+        [now_ms, now_ms, *children],
+    )
+    return {queue for queue, state in cur.fetchall() if state == "waiting"}
+
+
+def _cascade(cur: Any, d: Dialect, root: UUID, error: str, now_ms: int) -> tuple[tuple[UUID, str], ...]:
+    """Every blocked descendant of ``root``, recursively, goes to the DLQ naming the cause."""
+    cur.execute(
+        d.sql(
+            f"WITH RECURSIVE down(id) AS (SELECT child_id FROM {DEPS} WHERE parent_id = ? "
+            f"UNION SELECT e.child_id FROM {DEPS} e JOIN down ON e.parent_id = down.id) "
+            f"UPDATE {TABLE} SET state = 'dlq', last_error = ?, completed_at = ?, updated_at = ? "
+            "WHERE id IN (SELECT id FROM down) AND state = 'blocked' RETURNING id, queue"
+        ),
+        (d.encode_id(root), error, now_ms, now_ms),
+    )
+    return tuple((d.decode_id(job_id), queue) for job_id, queue in cur.fetchall())
+
+
+def _apply_children(cur: Any, d: Dialect, results: list[Modified]) -> tuple[list[Modified], Woken]:
+    """Run each change's `Children` effect; record cascades on the change that caused them."""
+    effects = [(m, m.change.children) for m in results if isinstance(m.change, (Update, Delete))]
+    release = [m.id for m, c in effects if c.release]
+    woken = _release_children(cur, d, release, effects[0][1].at_ms) if release else set()
+    cascades = {m.id: _cascade(cur, d, m.id, c.cascade_error, c.at_ms) for m, c in effects if c.cascade_error}
+    if not cascades:
+        return results, woken
+    return [replace(m, cascaded=cascades[m.id]) if m.id in cascades else m for m in results], woken
 
 
 def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
@@ -177,7 +266,8 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
             d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"),
             [d.encode_id(i) for i in deleted],
         )
-    return results, woken
+    results, released = _apply_children(cur, d, results)
+    return results, woken | released
 
 
 def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tuple[list[Modified], Woken]:
@@ -233,7 +323,9 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     for key, job_id, ok in zip(keys, ids, accepted, strict=True):
         if ok:
             queue, delete = done[key]
-            change: Change = Delete() if delete else Update({**t.values, **t.per_id.get(job_id, {})})
+            change: Change = (
+                Delete(t.children) if delete else Update({**t.values, **t.per_id.get(job_id, {})}, t.children)
+            )
             results.append(Modified(job_id, None, change, queue))
         else:  # not in a from-state, missing, or the same id again (already transitioned)
             current = refused.get(job_id)
@@ -241,7 +333,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
                 Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None)
             )
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
-    return results, woken
+    results, released = _apply_children(cur, d, results)
+    return results, woken | released
 
 
 def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) -> None:

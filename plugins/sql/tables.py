@@ -102,6 +102,17 @@ class QueueRow(SQLModel, table=True):
     updated_at: int = Field(sa_column=_ms(nullable=False))
 
 
+class DependencyRow(SQLModel, table=True):
+    """One DAG edge: ``child_id`` waits for ``parent_id``. Indexed both ways: children of a
+    parent (promotion, cascade) and parents of a child (is everything it waits for done?)."""
+
+    __tablename__ = "conveyor_job_deps"
+    __table_args__ = (Index("ix_conveyor_job_deps_parent", "parent_id", "child_id"),)
+
+    child_id: uuid.UUID = Field(primary_key=True)
+    parent_id: uuid.UUID = Field(primary_key=True)
+
+
 class MetaRow(SQLModel, table=True):
     __tablename__ = "conveyor_meta"
 
@@ -111,5 +122,6 @@ class MetaRow(SQLModel, table=True):
 
 jobs = JobRow.__table__  # type: ignore[attr-defined]
 queues = QueueRow.__table__  # type: ignore[attr-defined]
+deps = DependencyRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata
