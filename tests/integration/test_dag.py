@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 import anyio
 import pytest
 
-from conveyor import Conveyor, JobState, ValidationError
+from conveyor import Conveyor, ValidationError
 
 from ..conftest import FakeClock
 
