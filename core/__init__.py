@@ -31,6 +31,11 @@ from .models import (
     Backoff,
     Event,
     FailOutcome,
+    FlowSpec,
+    FlowStatus,
+    FlowStep,
+    FlowSubmitted,
+    FlowSummary,
     Job,
     JobOptions,
     JobSpec,
@@ -45,7 +50,7 @@ from .workers import WorkerRegistry
 
 __all__ = [
     "AckItem", "AckResult", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
-    "EventSink", "FailOutcome", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
+    "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",
     "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -27,6 +28,10 @@ from .models import (
     AckResult,
     Event,
     FailOutcome,
+    FlowSpec,
+    FlowStatus,
+    FlowSubmitted,
+    FlowSummary,
     Job,
     JobSpec,
     JobState,
@@ -204,6 +209,52 @@ class Conveyor:
         self._emit_pushed([job for job, _ in built])
         return [job.id for job, _ in built]
 
+    async def submit_flow(self, flow: FlowSpec | dict[str, Any]) -> FlowSubmitted:
+        """Create a whole dependency graph atomically: every step's job, or none.
+
+        Steps refer to each other by ``key`` in ``needs``; ``options.depends_on`` may still name
+        existing jobs by id. Every job gets the flow's ``flow_id`` (generated when absent).
+        Refuses duplicate or unknown keys, self-dependencies, cycles and over-deep chains."""
+        if isinstance(flow, dict) and isinstance(flow.get("steps"), list):
+            steps = [limits.gather_flat_options(step, f"steps[{i}]") for i, step in enumerate(flow["steps"])]
+            flow = {**flow, "steps": steps}
+        spec = limits.parse(FlowSpec, flow)
+        if len(spec.steps) > limits.MAX_FLOW_JOBS:
+            raise ValidationError(f"steps: at most {limits.MAX_FLOW_JOBS} steps per flow", field="steps")
+        flow_id = spec.flow_id or str(uuid7())
+        limits.check_bytes("flow_id", flow_id, limits.MAX_QUEUE_NAME_BYTES)
+        index: dict[str, int] = {}
+        for i, step in enumerate(spec.steps):
+            if step.key in index:
+                raise ValidationError(f"steps[{i}].key: step key {step.key!r} is used twice", field=f"steps[{i}].key")
+            index[step.key] = i
+        order = dag.dependency_order({step.key: step.needs for step in spec.steps})
+        now = self.now_ms()
+        ids: dict[str, UUID] = {}
+        built: list[tuple[Job, str]] = []
+        labels: list[str] = []
+        for key in order:
+            i = index[key]
+            step, where = spec.steps[i], f"steps[{i}]"
+            if step.options.flow_id not in (None, flow_id):
+                raise ValidationError(
+                    f"{where}.options.flow_id: a step cannot leave its flow", field=f"{where}.options.flow_id"
+                )
+            parents = [*step.options.depends_on, *(ids[other] for other in step.needs)]
+            options = step.options.model_copy(update={"flow_id": flow_id, "depends_on": parents})
+            queue = limits.check_queue_name(step.queue, f"{where}.queue")
+            try:
+                job, text = self._new_job(queue, JobSpec(name=step.name, data=step.data, options=options), now)
+            except ValidationError as exc:
+                raise _prefixed(exc, where) from None
+            ids[key] = job.id
+            built.append((job, text))
+            labels.append(f"{where}.options")
+        jobs = [job for job, _ in built]
+        await self.storage.insert_jobs(jobs, [text for _, text in built], self._resolver(jobs, labels))
+        self._emit_pushed(jobs)
+        return FlowSubmitted(flow_id=flow_id, ids={step.key: ids[step.key] for step in spec.steps})
+
     def _resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
         if not any(job.depends_on for job in jobs):
             return None
@@ -375,6 +426,16 @@ class Conveyor:
 
     async def resume(self, queue: str) -> None:
         await self.storage.set_paused(limits.check_queue_name(queue), False, self.now_ms())
+
+    async def flow(self, flow_id: str) -> FlowStatus:
+        """All jobs of a flow, oldest first, with counts by state (empty for an unknown flow)."""
+        field = "flow_id"
+        if not isinstance(flow_id, str) or not flow_id:
+            raise ValidationError("flow_id must be a non-empty string", field=field)
+        limits.check_bytes(field, flow_id, limits.MAX_QUEUE_NAME_BYTES)
+        jobs = await self.storage.list_flow(flow_id, limits.MAX_FLOW_JOBS)
+        counts = Counter(job.state.value for job in jobs)
+        return FlowStatus(flow_id=flow_id, jobs=jobs, summary=FlowSummary(total=len(jobs), **counts))
 
     async def dlq(self, queue: str, limit: int = 100, offset: int = 0) -> list[Job]:
         """Dead-lettered jobs of ``queue``, most recent first."""

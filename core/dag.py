@@ -6,6 +6,7 @@ the parents locked, so a parent cannot fail or be cancelled between the check an
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -25,32 +26,74 @@ def parent_resolver(labels: Sequence[str], max_depth: int) -> ResolveParents:
     """
 
     def resolve(jobs: Sequence[Job], parents: dict[UUID, Job], depths: dict[UUID, int]) -> list[Job]:
+        # Jobs come in dependency order (a flow is sorted before it gets here), so a parent
+        # inside the batch is always resolved before its children.
+        depth_of = dict(depths)
         resolved = []
         for label, job in zip(labels, jobs, strict=True):
             if not job.depends_on:
+                depth_of[job.id] = 0
                 resolved.append(job)
                 continue
             field = f"{label}.depends_on"
+            pending = False
             for parent_id in job.depends_on:
                 parent = parents.get(parent_id)
                 if parent is None:
+                    if parent_id in depth_of:  # created in this same batch: not done yet
+                        pending = True
+                        continue
                     raise ValidationError(f"{field}: parent job {parent_id} does not exist", field=field)
                 if parent.state in DEAD:
                     raise ValidationError(
                         f"{field}: parent job {parent_id} is {parent.state.value}, so this job could never run",
                         field=field,
                     )
-            depth = 1 + max(depths.get(p, 0) for p in job.depends_on)
+                pending = pending or parent.state is not JobState.COMPLETED
+            depth = 1 + max(depth_of.get(p, 0) for p in job.depends_on)
             if depth > max_depth:
                 raise ValidationError(
                     f"{field}: the dependency chain would be {depth} deep; the limit is {max_depth}",
                     field=field,
                     details={"depth": depth, "max_depth": max_depth},
                 )
-            if all(parents[p].state is JobState.COMPLETED for p in job.depends_on):
-                resolved.append(job)
-            else:
-                resolved.append(Job.trusted({**job.__dict__, "state": JobState.BLOCKED}))
+            depth_of[job.id] = depth
+            resolved.append(Job.trusted({**job.__dict__, "state": JobState.BLOCKED}) if pending else job)
         return resolved
 
     return resolve
+
+
+def dependency_order(needs: dict[str, list[str]], where: str = "steps") -> list[str]:
+    """Step keys in an order where every step comes after the steps it needs (Kahn's
+    algorithm, stable). Refuses unknown keys, self-dependencies and cycles, naming the step."""
+    for key, wanted in needs.items():
+        for other in wanted:
+            if other == key:
+                raise ValidationError(f"{where}: step {key!r} needs itself", field=f"{where}.{key}.needs")
+            if other not in needs:
+                raise ValidationError(
+                    f"{where}: step {key!r} needs unknown step {other!r}", field=f"{where}.{key}.needs"
+                )
+    waiting_on = {key: len(set(wanted)) for key, wanted in needs.items()}
+    children: dict[str, list[str]] = {key: [] for key in needs}
+    for key, wanted in needs.items():
+        for other in set(wanted):
+            children[other].append(key)
+    ready = deque(key for key in needs if waiting_on[key] == 0)
+    order: list[str] = []
+    while ready:
+        key = ready.popleft()
+        order.append(key)
+        for child in children[key]:
+            waiting_on[child] -= 1
+            if waiting_on[child] == 0:
+                ready.append(child)
+    if len(order) < len(needs):
+        stuck = sorted(key for key, n in waiting_on.items() if n > 0)
+        raise ValidationError(
+            f"{where}: the steps form a cycle (through {', '.join(repr(k) for k in stuck[:5])})",
+            field=f"{where}.{stuck[0]}.needs",
+            details={"cycle": stuck},
+        )
+    return order

@@ -118,6 +118,31 @@ class JobSpec(_Input):
         return parse(cls, gather_flat_options(value, where), where)
 
 
+class FlowStep(_Input):
+    """One job of a flow submitted at once; ``needs`` names other steps of the same flow by
+    ``key`` (their ids do not exist yet). Options as for a push (nested or flat)."""
+
+    key: StrictStr = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")
+    queue: StrictStr
+    name: StrictStr = Field(min_length=1)
+    data: JsonValue = None
+    needs: list[StrictStr] = Field(default_factory=list)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class FlowSpec(_Input):
+    """A whole dependency graph, created all at once or not at all."""
+
+    flow_id: StrictStr | None = Field(None, min_length=1)
+    steps: list[FlowStep] = Field(min_length=1)
+
+
+class FlowSubmitted(BaseModel):
+    flow_id: str
+    ids: dict[str, UUID]
+    """Job id of each step, by step key."""
+
+
 class LogEntry(BaseModel):
     timestamp: datetime
     message: str
@@ -190,6 +215,26 @@ class QueueInfo(BaseModel):
     name: str
     paused: bool = False
     counts: QueueCounts = Field(default_factory=QueueCounts)
+
+
+class FlowSummary(BaseModel):
+    total: int = 0
+    waiting: int = 0
+    active: int = 0
+    delayed: int = 0
+    blocked: int = 0
+    completed: int = 0
+    failed: int = 0
+    dlq: int = 0
+    cancelled: int = 0
+
+
+class FlowStatus(BaseModel):
+    """Every job of a flow (oldest first) and how many are in each state."""
+
+    flow_id: str
+    jobs: list[Job]
+    summary: FlowSummary
 
 
 class FailOutcome(BaseModel):

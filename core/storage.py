@@ -175,6 +175,10 @@ class Storage(abc.ABC):
         """Jobs of one queue in one state, ordered by last update."""
 
     @abc.abstractmethod
+    async def list_flow(self, flow_id: str, limit: int) -> list[Job]:
+        """Jobs with this ``flow_id``, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
     async def promote_delayed(self, now_ms: int) -> int:
         """Move every delayed job whose ``delay_until`` has passed to waiting. Idempotent."""
 

@@ -19,7 +19,7 @@ from .app import Conveyor
 
 API = (
     "push", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat",
-    "get", "stats", "queues", "pause", "resume", "dlq",
+    "get", "stats", "queues", "pause", "resume", "dlq", "flow", "submit_flow",
 )  # fmt: skip
 
 

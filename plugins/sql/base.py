@@ -89,6 +89,9 @@ class SqlStorage(Storage, abc.ABC):
     ) -> list[Job]:
         return await self._run(_plain(p.list_jobs), queue, state, limit, offset, newest_first, read_only=True)
 
+    async def list_flow(self, flow_id: str, limit: int) -> list[Job]:
+        return await self._run(_plain(p.list_flow), flow_id, limit, read_only=True)
+
     async def promote_delayed(self, now_ms: int) -> int:
         return await self._run(p.promote_delayed, now_ms)
 

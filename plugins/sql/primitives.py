@@ -372,6 +372,14 @@ def list_jobs(conn: Connection, queue: str, state: str, limit: int, offset: int,
     return [decode_job(row, d) for row in cur.fetchall()]
 
 
+def list_flow(conn: Connection, flow_id: str, limit: int) -> list[Job]:
+    cur, d = _cursor(conn)
+    cur.execute(
+        d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE flow_id = ? ORDER BY created_at, id LIMIT ?"), (flow_id, limit)
+    )
+    return [decode_job(row, d) for row in cur.fetchall()]
+
+
 def promote_delayed(conn: Connection, now_ms: int) -> tuple[int, Woken]:
     stmt = (
         update(jobs)
