@@ -32,6 +32,7 @@ from .models import (
     FlowStatus,
     FlowSubmitted,
     FlowSummary,
+    FollowUp,
     Job,
     JobSpec,
     JobState,
@@ -39,7 +40,7 @@ from .models import (
     QueueInfo,
     trusted,
 )
-from .storage import Decide, Modified, Reject, ResolveParents, Skip, Storage, Transition, Update
+from .storage import Decide, FollowUps, Modified, Reject, ResolveParents, Skip, Storage, Transition, Update
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -255,6 +256,32 @@ class Conveyor:
         self._emit_pushed(jobs)
         return FlowSubmitted(flow_id=flow_id, ids={step.key: ids[step.key] for step in spec.steps})
 
+    def _follow_up_jobs(self, now_ms: int) -> FollowUps:
+        """The spec's chaining rules, run inside the ack's transaction for each parent whose
+        metadata holds ``follow_ups`` (validated when the parent was pushed)."""
+
+        def build(parent_id: UUID, meta: Any, flow_id: str | None, acked: dict[str, Any]) -> Any:
+            jobs, texts, labels = [], [], []
+            inherited = {k: v for k, v in meta.items() if k != "follow_ups"}
+            for i, follow in enumerate(_follow_ups_of(meta)):
+                own = follow.options
+                options = own.model_copy(
+                    update={
+                        "depends_on": [*own.depends_on, parent_id],
+                        "flow_id": own.flow_id or flow_id,
+                        "metadata": own.metadata if "metadata" in own.model_fields_set else inherited,
+                    }
+                )
+                data = follow.data if "data" in follow.model_fields_set else acked.get("result")
+                spec = JobSpec(name=follow.name, data=data, options=options)
+                job, text = self._new_job(limits.check_queue_name(follow.queue), spec, now_ms)
+                jobs.append(job)
+                texts.append(text)
+                labels.append(f"metadata.follow_ups[{i}]")
+            return jobs, texts, dag.parent_resolver(labels, self.settings.max_dag_depth)
+
+        return build
+
     def _resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
         if not any(job.depends_on for job in jobs):
             return None
@@ -266,6 +293,7 @@ class Conveyor:
         data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
         if o.metadata is not None:
             limits.check_json_bytes("options.metadata", o.metadata, limits.MAX_METADATA_BYTES)
+            _follow_ups_of(o.metadata)  # a malformed follow-up is refused now, not lost at ack
         if o.unique_key is not None:
             limits.check_bytes("options.unique_key", o.unique_key, limits.MAX_UNIQUE_KEY_BYTES)
         if o.custom_id is not None:
@@ -313,9 +341,10 @@ class Conveyor:
         limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
         _check_worker(worker_id)
         now = self.now_ms()
-        done = await self._modify_one(job_id, lifecycle.ack_transition({job_id: result}, now, worker_id))
+        transition = lifecycle.ack_transition({job_id: result}, now, worker_id, self._follow_up_jobs(now))
+        done = await self._modify_one(job_id, transition)
         if self.events.active:
-            self._emit([_event("job.completed", done, now)])
+            self._emit([_event("job.completed", done, now), *_spawn_events(done)])
 
     async def ack_batch(
         self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
@@ -332,7 +361,7 @@ class Conveyor:
         first_results: dict[UUID, Any] = {}
         for job_id, result in valid:
             first_results.setdefault(job_id, result)  # a repeated id is refused, not re-acked
-        transition = lifecycle.ack_transition(first_results, now, worker_id)
+        transition = lifecycle.ack_transition(first_results, now, worker_id, self._follow_up_jobs(now))
         outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
         results, events, emitting = [], [], self.events.active
         for index, entry in enumerate(parsed):
@@ -350,6 +379,7 @@ class Conveyor:
                 results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
                 if emitting:
                     events.append(_event("job.completed", done, now))
+                    events.extend(_spawn_events(done))
         self._emit(events)
         return results
 
@@ -489,6 +519,32 @@ def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None =
         Event,
         {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
     )
+
+
+def _follow_ups_of(metadata: Any) -> list[FollowUp]:
+    """The validated ``metadata.follow_ups`` (none when metadata has no such key)."""
+    if not isinstance(metadata, dict) or "follow_ups" not in metadata:
+        return []
+    raw = metadata["follow_ups"]
+    field = "options.metadata.follow_ups"
+    if not isinstance(raw, list):
+        raise ValidationError(f"{field} must be a list of follow-up jobs", field=field)
+    follow_ups = []
+    for i, item in enumerate(raw):
+        follow = limits.parse(FollowUp, limits.gather_flat_options(item, f"{field}[{i}]"), f"{field}[{i}]")
+        limits.check_queue_name(follow.queue, f"{field}[{i}].queue")
+        follow_ups.append(follow)
+    return follow_ups
+
+
+def _spawn_events(done: Modified) -> list[Event]:
+    return [
+        trusted(
+            Event,
+            {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}},
+        )
+        for job in done.spawned
+    ]
 
 
 def _cascade_events(done: Modified, now_ms: int) -> list[Event]:

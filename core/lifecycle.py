@@ -16,7 +16,7 @@ from uuid import UUID
 from ._limits import MAX_LOG_ENTRIES
 from .errors import ConveyorError, InvalidStateError, JobNotFoundError
 from .models import Backoff, Job, JobState, LogEntry
-from .storage import Change, Children, Decide, Delete, Reject, Skip, Transition, Update
+from .storage import Change, Children, Decide, Delete, FollowUps, Reject, Skip, Transition, Update
 
 MAX_BACKOFF_MS = 7 * 86_400_000
 """Backoff delays are capped at 7 days so large attempt counts cannot overflow a timestamp."""
@@ -92,7 +92,9 @@ def _refusal(
     return refuse
 
 
-def ack_transition(results: dict[UUID, Any], now_ms: int, worker_id: str | None = None) -> Transition:
+def ack_transition(
+    results: dict[UUID, Any], now_ms: int, worker_id: str | None = None, follow_ups: FollowUps | None = None
+) -> Transition:
     """active -> completed with its result, or removed when ``remove_on_complete``."""
     now = ms_to_dt(now_ms)
     return Transition(
@@ -103,6 +105,7 @@ def ack_transition(results: dict[UUID, Any], now_ms: int, worker_id: str | None 
         delete_if="remove_on_complete",
         worker_id=worker_id,
         children=Children(release=True, at_ms=now_ms),
+        follow_ups=follow_ups,
     )
 
 

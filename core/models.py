@@ -118,6 +118,20 @@ class JobSpec(_Input):
         return parse(cls, gather_flat_options(value, where), where)
 
 
+class FollowUp(_Input):
+    """A job to push when the job carrying it (in ``metadata.follow_ups``) is acked.
+
+    Omitted ``data`` becomes the parent's result; omitted ``metadata`` is the parent's minus
+    ``follow_ups``; omitted ``flow_id`` is the parent's. The parent's id joins
+    ``options.depends_on``. Options as for a push (nested or flat)."""
+
+    queue: StrictStr
+    name: StrictStr = Field(min_length=1)
+    data: JsonValue = None
+    options: JobOptions = Field(default_factory=JobOptions)
+    """Includes ``flow_id`` and ``metadata`` (given flat, as the spec's example does)."""
+
+
 class FlowStep(_Input):
     """One job of a flow submitted at once; ``needs`` names other steps of the same flow by
     ``key`` (their ids do not exist yet). Options as for a push (nested or flat)."""

@@ -65,6 +65,7 @@ class Skip:
 
 
 Change = Update | Delete | Reject | Skip
+FollowUps = Callable[[UUID, Any, "str | None", dict[str, Any]], "tuple[list[Job], list[str], ResolveParents]"]
 ResolveParents = Callable[[Sequence[Job], dict[UUID, Job], dict[UUID, int]], list[Job]]
 Decide = Callable[[UUID, "Job | None"], Change]
 """Pure function from (id, current row or None) to the change to apply. Runs inside the
@@ -89,6 +90,9 @@ class Transition:
     delete_if: str | None = None
     worker_id: str | None = None
     children: Children = NO_CHILDREN
+    follow_ups: FollowUps | None = None
+    """Called for each changed row whose metadata holds ``follow_ups``, inside the transaction:
+    ``(parent id, parent metadata, parent flow_id, per_id values)`` -> jobs to insert with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,8 @@ class Modified:
     queue: str | None = None
     cascaded: tuple[tuple[UUID, str], ...] = ()
     """(id, queue) of the blocked descendants this change sent to the DLQ."""
+    spawned: tuple[Job, ...] = ()
+    """Follow-up jobs this change created."""
 
 
 @dataclass(slots=True)

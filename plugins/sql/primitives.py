@@ -8,6 +8,7 @@ can make jobs waiting also returns the set of queues it woke, for wake-ups after
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
@@ -44,11 +45,16 @@ def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
 
 
 def insert_jobs(
-    conn: Connection, batch: Sequence[tuple[Job, str | None]], resolve: ResolveParents | None = None
+    conn: Connection,
+    batch: Sequence[tuple[Job, str | None]],
+    resolve: ResolveParents | None = None,
+    check_paused: bool = True,
 ) -> Woken:
+    """Insert jobs and their edges. ``check_paused=False`` is for follow-ups, which are part of
+    their parent's ack: a paused queue keeps them, it does not refuse the parent's completion."""
     cur, d = _cursor(conn)
     names = sorted({job.queue for job, _ in batch})
-    if paused := _paused(cur, d, names):
+    if check_paused and (paused := _paused(cur, d, names)):
         raise QueuePausedError(f"queue {paused[0]!r} is paused: it accepts no new jobs", details={"queue": paused[0]})
     jobs = [job for job, _ in batch]
     _check_unique_keys(cur, d, jobs)
@@ -288,6 +294,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
         # modify_jobs does, so concurrent batches and sweeps never deadlock on each other.
         _lock_in_order(cur, d, sorted(unique.values()))
     done: dict[Any, tuple[str, bool]] = {}
+    parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
     for start in range(0, len(items), 500):
         chunk = items[start : start + 500]
@@ -303,13 +310,16 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
                 f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {rows}) "
                 f"UPDATE {TABLE} SET {', '.join(sets)} FROM v "
                 f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(len(states))}){owner} "
-                f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}"
+                f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}, {TABLE}.metadata, {TABLE}.flow_id"
             ),
             # placeholder order: WITH rows, SET, states, owner
             [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])],
         )
-        for key, queue, delete in cur.fetchall():
+        for key, queue, delete, meta_text, flow_id in cur.fetchall():
             done[key] = (queue, bool(delete))
+            if t.follow_ups is not None and meta_text is not None and '"follow_ups"' in meta_text:
+                parents_meta[key] = (json.loads(meta_text), flow_id)
+    spawned = _spawn_follow_ups(conn, t, unique, parents_meta)
     if doomed := [key for key, (_, delete) in done.items() if delete]:
         cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), doomed)
     accepted: list[bool] = []
@@ -326,15 +336,32 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             change: Change = (
                 Delete(t.children) if delete else Update({**t.values, **t.per_id.get(job_id, {})}, t.children)
             )
-            results.append(Modified(job_id, None, change, queue))
+            results.append(Modified(job_id, None, change, queue, spawned=spawned.get(key, ())))
         else:  # not in a from-state, missing, or the same id again (already transitioned)
             current = refused.get(job_id)
             results.append(
                 Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None)
             )
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
+    woken |= {job.queue for jobs in spawned.values() for job in jobs}  # may be spurious: harmless
     results, released = _apply_children(cur, d, results)
     return results, woken | released
+
+
+def _spawn_follow_ups(
+    conn: Connection, t: Transition, unique: dict[Any, UUID], parents_meta: dict[Any, tuple[Any, str | None]]
+) -> dict[Any, tuple[Job, ...]]:
+    """Insert the follow-up jobs of the rows just changed, in the same transaction."""
+    spawned: dict[Any, tuple[Job, ...]] = {}
+    if t.follow_ups is None:
+        return spawned
+    for key, (parent_meta, flow_id) in parents_meta.items():
+        parent_id = unique[key]
+        jobs, texts, resolve = t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {}))
+        if jobs:
+            insert_jobs(conn, list(zip(jobs, texts, strict=True)), resolve, check_paused=False)
+            spawned[key] = tuple(jobs)
+    return spawned
 
 
 def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) -> None:

@@ -1,0 +1,105 @@
+"""Follow-up chaining on ack (spec rules), on every backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conveyor import Conveyor, JobState, ValidationError
+
+from ..conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+PARENT_META: dict[str, Any] = {
+    "workflow_id": "wf-1",
+    "step_id": "build",
+    "follow_ups": [
+        {"queue": "image-process", "name": "render-pages", "data": {"doc_id": "d-1"}, "flow_id": "other-flow"},
+        {"queue": "notify", "name": "tell", "priority": 3},
+        {"queue": "audit", "name": "log", "metadata": {"own": True}, "options": {"max_attempts": 7}},
+    ],
+}
+
+
+async def test_follow_ups_chain_across_queues_with_inheritance(app: Conveyor) -> None:
+    parent = await app.push("build", "compile", {"repo": "acme"}, metadata=PARENT_META, flow_id="wf-1")
+    await app.pull("build")
+    await app.ack(parent, {"artifact": "s3://x"})
+    [render] = await app.pull("image-process")
+    [tell] = await app.pull("notify")
+    [log] = await app.pull("audit")
+    # rule 3: the parent joins depends_on; rule 4: flow id from the follow-up, else the parent
+    assert render.depends_on == [parent] and render.flow_id == "other-flow"
+    assert tell.depends_on == [parent] and tell.flow_id == "wf-1" and tell.priority == 3
+    # child data defaults to the parent's result
+    assert render.data == {"doc_id": "d-1"} and tell.data == {"artifact": "s3://x"}
+    # rule 5: parent metadata minus follow_ups when the child has none
+    assert tell.metadata == {"workflow_id": "wf-1", "step_id": "build"}
+    assert log.metadata == {"own": True} and log.max_attempts == 7
+    status = await app.flow("wf-1")
+    assert {j.name for j in status.jobs} == {"compile", "tell", "log"}
+
+
+async def test_follow_ups_are_created_in_the_ack_transaction_of_a_batch(app: Conveyor) -> None:
+    meta = {"follow_ups": [{"queue": "next", "name": "n"}]}
+    ids = await app.push_batch("q", [{"name": "a", "metadata": meta}, {"name": "b", "metadata": meta}])
+    await app.pull("q", 2)
+    results = await app.ack_batch([{"id": i, "result": str(i)} for i in ids])
+    assert all(r.ok for r in results)
+    children = await app.pull("next", 5)
+    assert sorted(c.data for c in children) == sorted(str(i) for i in ids)
+    assert {c.depends_on[0] for c in children} == set(ids)
+
+
+async def test_a_follow_up_can_itself_carry_follow_ups(app: Conveyor) -> None:
+    inner = {"follow_ups": [{"queue": "third", "name": "c"}]}
+    root = await app.push("first", "a", metadata={"follow_ups": [{"queue": "second", "name": "b", "metadata": inner}]})
+    await app.pull("first")
+    await app.ack(root, 1)
+    [second] = await app.pull("second")
+    await app.ack(second.id, 2)
+    [third] = await app.pull("third")
+    assert third.data == 2 and third.depends_on == [second.id]
+
+
+async def test_follow_ups_into_a_paused_queue_wait_there(app: Conveyor) -> None:
+    await app.pause("later")
+    parent = await app.push("q", "a", metadata={"follow_ups": [{"queue": "later", "name": "b"}]})
+    await app.pull("q")
+    await app.ack(parent)
+    assert (await app.stats("later")).waiting == 1
+    assert await app.pull("later") == []
+
+
+@pytest.mark.parametrize(
+    ("follow_ups", "field"),
+    [
+        ("not-a-list", "options.metadata.follow_ups"),
+        ([{"name": "no-queue"}], "options.metadata.follow_ups[0].queue"),
+        ([{"queue": "q", "name": "x", "colour": 1}], "options.metadata.follow_ups[0].colour"),
+        ([{"queue": "bad queue", "name": "x"}], "options.metadata.follow_ups[0].queue"),
+        ([{"queue": "q", "name": "x", "priority": "high"}], "options.metadata.follow_ups[0].options.priority"),
+    ],
+)
+async def test_malformed_follow_ups_are_refused_at_push(app: Conveyor, follow_ups: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        await app.push("q", "a", metadata={"follow_ups": follow_ups})
+    assert err.value.field == field, err.value.message
+    assert await app.queues() == []
+
+
+async def test_a_restart_between_parent_ack_and_child_pull_loses_nothing(storage_url: str, clock: FakeClock) -> None:
+    if storage_url.endswith(":memory:"):
+        pytest.skip("an in-memory database ends with its connection by design")
+    opts: dict[str, Any] = {"clock": clock, "maintenance": False, "plugin_autoload": False}
+    async with Conveyor(storage_url, **opts) as app:
+        parent = await app.push("q", "a", metadata={"follow_ups": [{"queue": "next", "name": "b"}]})
+        blocked = await app.push("next", "c", depends_on=[parent])
+        await app.pull("q")
+        await app.ack(parent, "r")
+    async with Conveyor(storage_url, **opts) as app:
+        pulled = await app.pull("next", 5)
+        assert {j.name for j in pulled} == {"b", "c"} and all(j.state is JobState.ACTIVE for j in pulled)
+        assert {j.id for j in pulled} >= {blocked}
