@@ -3,6 +3,7 @@
 The public API is re-exported here; modules prefixed with ``_`` are private.
 """
 
+from . import commands
 from .app import Conveyor
 from .config import Settings
 from .errors import (
@@ -36,6 +37,7 @@ from .models import (
     FlowStep,
     FlowSubmitted,
     FlowSummary,
+    FollowUp,
     Job,
     JobOptions,
     JobSpec,
@@ -49,8 +51,8 @@ from .sync import SyncConveyor
 from .workers import WorkerRegistry
 
 __all__ = [
-    "AckItem", "AckResult", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
-    "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
+    "AckItem", "AckResult", "commands", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
+    "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",
     "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",

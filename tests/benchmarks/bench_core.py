@@ -83,6 +83,24 @@ def disk_baseline(directory: str, n: int = 2000) -> float:
     return n / (time.perf_counter() - start)
 
 
+async def flow_fan_out(app: Conveyor, heads: int = 100, width: int = 100) -> tuple[float, float]:
+    """A 10,000-job flow: ``heads`` head steps, each needed by ``width - 1`` leaves. Returns the
+    seconds to submit it atomically and to run it to completion (pull + ack in batches of 100)."""
+    steps = []
+    for h in range(heads):
+        steps.append({"key": f"h{h}", "queue": "flow", "name": "head"})
+        steps += [{"key": f"h{h}.{k}", "queue": "flow", "name": "leaf", "needs": [f"h{h}"]} for k in range(width - 1)]
+    start = time.perf_counter()
+    await app.submit_flow({"flow_id": "fan-out", "steps": steps})
+    submitted = time.perf_counter()
+    while jobs := await app.pull("flow", 100):
+        await app.ack_batch([{"id": job.id} for job in jobs])
+    resolved = time.perf_counter()
+    summary = (await app.flow("fan-out")).summary
+    assert summary.total == summary.completed == heads * width, summary
+    return submitted - start, resolved - submitted
+
+
 async def run(url: str, label: str, n: int, **options: object) -> None:
     async with Conveyor(url, maintenance=False, plugin_autoload=False, **options) as app:
         seq = await single_push(app, n // 4, 1)
@@ -94,12 +112,14 @@ async def run(url: str, label: str, n: int, **options: object) -> None:
         drained4 = await drain(app, n, 100, consumers=4)
         await batch_push(app, n, 1000)
         drained_big = await drain(app, n, 1000)
+        flow_submit, flow_run = await flow_fan_out(app)
     print(f"{label:>10} | single push, 1 client  {seq:9,.0f}/s")
     print(f"{label:>10} | single push, 16 tasks  {conc:9,.0f}/s")
     print(f"{label:>10} | batch push (100)       {batched:9,.0f}/s")
     print(f"{label:>10} | drain (pull+ack 100)   {drained:9,.0f}/s")
     print(f"{label:>10} | drain, 4 consumers     {drained4:9,.0f}/s")
     print(f"{label:>10} | drain (pull+ack 1000)  {drained_big:9,.0f}/s")
+    print(f"{label:>10} | flow 100x100: submit {flow_submit:6.2f} s, run to completion {flow_run:6.2f} s")
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     blocks = python_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     first = run(blocks[0], tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == "completed" and "completed=1" in first.stdout
@@ -29,6 +29,9 @@ def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert "'emails'" in second.stdout and "'reports'" in second.stdout
     assert (tmp_path / "jobs.db").exists()
+    third = run(blocks[2], tmp_path)
+    assert third.returncode == 0, third.stderr
+    assert third.stdout.strip() == "3 blocked, 1 waiting"
 
 
 def test_the_run_example_uses_the_sqlite_default(tmp_path: Path) -> None:
