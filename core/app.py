@@ -261,26 +261,28 @@ class Conveyor:
         metadata holds ``follow_ups`` (validated when the parent was pushed)."""
 
         def build(parent_id: UUID, meta: Any, flow_id: str | None, acked: dict[str, Any]) -> Any:
-            jobs, texts, labels = [], [], []
+            built = []
             inherited = {k: v for k, v in meta.items() if k != "follow_ups"}
             for i, follow in enumerate(_follow_ups_of(meta)):
-                own = follow.options
-                options = own.model_copy(
-                    update={
-                        "depends_on": [*own.depends_on, parent_id],
-                        "flow_id": own.flow_id or flow_id,
-                        "metadata": own.metadata if "metadata" in own.model_fields_set else inherited,
-                    }
-                )
-                data = follow.data if "data" in follow.model_fields_set else acked.get("result")
-                spec = JobSpec(name=follow.name, data=data, options=options)
+                spec = _follow_up_spec(follow, parent_id, flow_id, inherited, acked.get("result"))
                 job, text = self._new_job(limits.check_queue_name(follow.queue), spec, now_ms)
-                jobs.append(job)
-                texts.append(text)
-                labels.append(f"metadata.follow_ups[{i}]")
-            return jobs, texts, dag.parent_resolver(labels, self.settings.max_dag_depth)
+                resolver = dag.parent_resolver([f"metadata.follow_ups[{i}]"], self.settings.max_dag_depth)
+                built.append((job, text, resolver))
+            return built
 
         return build
+
+    def _check_follow_ups(self, metadata: Any, now_ms: int) -> None:
+        """Refuse at push what would fail at ack: each follow-up is built as the ack would build
+        it (sizes, names, its own nested follow-ups), with a stand-in parent and result."""
+        inherited = {k: v for k, v in metadata.items() if k != "follow_ups"} if isinstance(metadata, dict) else None
+        for i, follow in enumerate(_follow_ups_of(metadata)):
+            where = f"options.metadata.follow_ups[{i}]"
+            spec = _follow_up_spec(follow, uuid7(), None, inherited, None)
+            try:
+                self._new_job(limits.check_queue_name(follow.queue, f"{where}.queue"), spec, now_ms)
+            except ValidationError as exc:
+                raise _prefixed(exc, where) from None
 
     def _resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
         if not any(job.depends_on for job in jobs):
@@ -293,7 +295,7 @@ class Conveyor:
         data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
         if o.metadata is not None:
             limits.check_json_bytes("options.metadata", o.metadata, limits.MAX_METADATA_BYTES)
-            _follow_ups_of(o.metadata)  # a malformed follow-up is refused now, not lost at ack
+            self._check_follow_ups(o.metadata, now_ms)
         if o.unique_key is not None:
             limits.check_bytes("options.unique_key", o.unique_key, limits.MAX_UNIQUE_KEY_BYTES)
         if o.custom_id is not None:
@@ -535,6 +537,22 @@ def _follow_ups_of(metadata: Any) -> list[FollowUp]:
         limits.check_queue_name(follow.queue, f"{field}[{i}].queue")
         follow_ups.append(follow)
     return follow_ups
+
+
+def _follow_up_spec(follow: FollowUp, parent_id: UUID, flow_id: str | None, inherited: Any, result: Any) -> JobSpec:
+    """The spec's chaining rules: the parent joins ``depends_on``; ``flow_id`` from the
+    follow-up, else the parent's; the parent's metadata minus ``follow_ups`` when the follow-up
+    has none; the parent's result as ``data`` when the follow-up has none."""
+    own = follow.options
+    options = own.model_copy(
+        update={
+            "depends_on": [*own.depends_on, parent_id],
+            "flow_id": own.flow_id or flow_id,
+            "metadata": own.metadata if "metadata" in own.model_fields_set else inherited,
+        }
+    )
+    data = follow.data if "data" in follow.model_fields_set else result
+    return JobSpec(name=follow.name, data=data, options=options)
 
 
 def _spawn_events(done: Modified) -> list[Event]:

@@ -21,8 +21,8 @@ def parent_resolver(labels: Sequence[str], max_depth: int) -> ResolveParents:
     """Check each job's parents and choose its initial state.
 
     A missing, dead-lettered or cancelled parent is refused (the job could never run); a chain
-    deeper than ``max_depth`` is refused; a job waits ``blocked`` until every parent has
-    completed. ``labels[i]`` locates job ``i`` in error messages (``options`` or ``jobs[3].options``).
+    of unfinished jobs deeper than ``max_depth`` is refused (completed ancestors do not count);
+    a job waits ``blocked`` until every parent has completed. ``labels[i]`` locates job ``i`` in error messages (``options`` or ``jobs[3].options``).
     """
 
     def resolve(jobs: Sequence[Job], parents: dict[UUID, Job], depths: dict[UUID, int]) -> list[Job]:
@@ -50,7 +50,8 @@ def parent_resolver(labels: Sequence[str], max_depth: int) -> ResolveParents:
                         field=field,
                     )
                 pending = pending or parent.state is not JobState.COMPLETED
-            depth = 1 + max(depth_of.get(p, 0) for p in job.depends_on)
+            unfinished = [p for p in job.depends_on if p not in parents or parents[p].state is not JobState.COMPLETED]
+            depth = 1 + max((depth_of.get(p, 0) for p in unfinished), default=-1)
             if depth > max_depth:
                 raise ValidationError(
                     f"{field}: the dependency chain would be {depth} deep; the limit is {max_depth}",

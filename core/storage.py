@@ -65,7 +65,7 @@ class Skip:
 
 
 Change = Update | Delete | Reject | Skip
-FollowUps = Callable[[UUID, Any, "str | None", dict[str, Any]], "tuple[list[Job], list[str], ResolveParents]"]
+FollowUps = Callable[[UUID, Any, "str | None", dict[str, Any]], "list[tuple[Job, str, ResolveParents]]"]
 ResolveParents = Callable[[Sequence[Job], dict[UUID, Job], dict[UUID, int]], list[Job]]
 Decide = Callable[[UUID, "Job | None"], Change]
 """Pure function from (id, current row or None) to the change to apply. Runs inside the
@@ -92,7 +92,10 @@ class Transition:
     children: Children = NO_CHILDREN
     follow_ups: FollowUps | None = None
     """Called for each changed row whose metadata holds ``follow_ups``, inside the transaction:
-    ``(parent id, parent metadata, parent flow_id, per_id values)`` -> jobs to insert with it."""
+    ``(parent id, parent metadata, parent flow_id, per_id values)`` -> for each follow-up, the
+    job, its serialized data and the resolver for its parents. A follow-up that cannot be
+    queued (its unique key is taken, an extra parent died) never undoes the parent's change:
+    it is stored in the DLQ with the reason as ``last_error``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from uuid import UUID
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from conveyor.errors import DuplicateKeyError, QueuePausedError, StorageError
+from conveyor.errors import ConveyorError, DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
 from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
@@ -29,6 +29,7 @@ from .tables import ACTIVE_SQL, NOT_STARTED_SQL, PENDING_STATES_SQL, SCHEMA_VERS
 
 Woken = set[str]
 DEPS = deps.name
+CHUNK = 500
 _INSERT = f"INSERT INTO {TABLE} ({COLUMN_LIST}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
@@ -84,7 +85,9 @@ def insert_jobs(
 
 
 def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -> dict[UUID, int]:
-    """Longest chain of ancestors above each job (0 for a root), counted up to ``cap``."""
+    """Longest chain of unfinished ancestors above each job (0 when none), up to ``cap``.
+    Completed ancestors do not count: the limit bounds what is still waiting, so a pipeline
+    of follow-ups can run for any number of generations."""
     if not ids:
         return {}
     cur.execute(
@@ -92,6 +95,7 @@ def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -
             f"WITH RECURSIVE up(root, id, depth) AS ("
             f"SELECT id, id, 0 FROM {TABLE} WHERE id IN ({d.placeholders(len(ids))}) "
             f"UNION SELECT up.root, e.parent_id, up.depth + 1 FROM {DEPS} e JOIN up ON e.child_id = up.id "
+            f"JOIN {TABLE} p ON p.id = e.parent_id AND p.state <> 'completed' "
             "WHERE up.depth < ?) SELECT root, max(depth) FROM up GROUP BY root"
         ),
         [*(d.encode_id(i) for i in ids), cap],
@@ -103,52 +107,63 @@ def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int
     """Blocked children of ``parents`` whose parents have all completed (or were removed on
     completion) leave ``blocked``. Children are locked first, in id order: on PostgreSQL two
     parents completing at once on two nodes then see each other's commit, so the last one
-    to finish releases the child."""
-    if not parents:
-        return set()
-    keys = [d.encode_id(p) for p in parents]
-    cur.execute(
-        d.sql(
-            f"SELECT id FROM {TABLE} WHERE state = 'blocked' AND id IN (SELECT child_id FROM {DEPS} "
-            f"WHERE parent_id IN ({d.placeholders(len(keys))})) ORDER BY id{d.for_update}"
-        ),
-        keys,
-    )
-    children = [row[0] for row in cur.fetchall()]
-    if not children:
-        return set()
-    cur.execute(
-        d.sql(
-            f"UPDATE {TABLE} SET state = CASE WHEN delay_until IS NOT NULL AND delay_until > ? "
-            "THEN 'delayed' ELSE 'waiting' END, updated_at = ? "
-            f"WHERE id IN ({d.placeholders(len(children))}) AND state = 'blocked' AND NOT EXISTS ("
-            f"SELECT 1 FROM {DEPS} e JOIN {TABLE} p ON p.id = e.parent_id "
-            f"WHERE e.child_id = {TABLE}.id AND p.state <> 'completed') RETURNING queue, state"
-        ),
-        [now_ms, now_ms, *children],
-    )
-    return {queue for queue, state in cur.fetchall() if state == "waiting"}
+    to finish releases the child. Work goes in chunks: a parent may have 100,000 children."""
+    children: list[Any] = []
+    for start in range(0, len(parents), CHUNK):
+        keys = [d.encode_id(p) for p in parents[start : start + CHUNK]]
+        cur.execute(
+            d.sql(
+                f"SELECT id FROM {TABLE} WHERE state = 'blocked' AND id IN (SELECT child_id FROM {DEPS} "
+                f"WHERE parent_id IN ({d.placeholders(len(keys))})) ORDER BY id{d.for_update}"
+            ),
+            keys,
+        )
+        children += [row[0] for row in cur.fetchall()]
+    woken: Woken = set()
+    for start in range(0, len(children), CHUNK):
+        chunk = children[start : start + CHUNK]
+        cur.execute(
+            d.sql(
+                f"UPDATE {TABLE} SET state = CASE WHEN delay_until IS NOT NULL AND delay_until > ? "
+                "THEN 'delayed' ELSE 'waiting' END, updated_at = ? "
+                f"WHERE id IN ({d.placeholders(len(chunk))}) AND state = 'blocked' AND NOT EXISTS ("
+                f"SELECT 1 FROM {DEPS} e JOIN {TABLE} p ON p.id = e.parent_id "
+                f"WHERE e.child_id = {TABLE}.id AND p.state <> 'completed') RETURNING queue, state"
+            ),
+            [now_ms, now_ms, *chunk],
+        )
+        woken |= {queue for queue, state in cur.fetchall() if state == "waiting"}
+    return woken
 
 
 def _cascade(cur: Any, d: Dialect, root: UUID, error: str, now_ms: int) -> tuple[tuple[UUID, str], ...]:
-    """Every blocked descendant of ``root``, recursively, goes to the DLQ naming the cause."""
-    cur.execute(
-        d.sql(
-            f"WITH RECURSIVE down(id) AS (SELECT child_id FROM {DEPS} WHERE parent_id = ? "
-            f"UNION SELECT e.child_id FROM {DEPS} e JOIN down ON e.parent_id = down.id) "
-            f"UPDATE {TABLE} SET state = 'dlq', last_error = ?, completed_at = ?, updated_at = ? "
-            "WHERE id IN (SELECT id FROM down) AND state = 'blocked' RETURNING id, queue"
-        ),
-        (d.encode_id(root), error, now_ms, now_ms),
-    )
-    return tuple((d.decode_id(job_id), queue) for job_id, queue in cur.fetchall())
+    """Every blocked descendant of ``root``, recursively, goes to the DLQ naming the cause.
+
+    Repeated until a pass changes nothing: on PostgreSQL a pass sees the edges committed
+    before it started, so a child pushed onto a descendant while the previous pass waited for
+    that descendant's row lock is caught by the next pass."""
+    cascaded: list[tuple[UUID, str]] = []
+    while True:
+        cur.execute(
+            d.sql(
+                f"WITH RECURSIVE down(id) AS (SELECT child_id FROM {DEPS} WHERE parent_id = ? "
+                f"UNION SELECT e.child_id FROM {DEPS} e JOIN down ON e.parent_id = down.id) "
+                f"UPDATE {TABLE} SET state = 'dlq', last_error = ?, completed_at = ?, updated_at = ? "
+                "WHERE id IN (SELECT id FROM down) AND state = 'blocked' RETURNING id, queue"
+            ),
+            (d.encode_id(root), error, now_ms, now_ms),
+        )
+        found = [(d.decode_id(job_id), queue) for job_id, queue in cur.fetchall()]
+        if not found:
+            return tuple(cascaded)
+        cascaded += found
 
 
 def _apply_children(cur: Any, d: Dialect, results: list[Modified]) -> tuple[list[Modified], Woken]:
     """Run each change's `Children` effect; record cascades on the change that caused them."""
     effects = [(m, m.change.children) for m in results if isinstance(m.change, (Update, Delete))]
-    release = [m.id for m, c in effects if c.release]
-    woken = _release_children(cur, d, release, effects[0][1].at_ms) if release else set()
+    releasing = [(m, c) for m, c in effects if c.release]
+    woken = _release_children(cur, d, [m.id for m, _ in releasing], releasing[0][1].at_ms) if releasing else set()
     cascades = {m.id: _cascade(cur, d, m.id, c.cascade_error, c.at_ms) for m, c in effects if c.cascade_error}
     if not cascades:
         return results, woken
@@ -351,16 +366,34 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
 def _spawn_follow_ups(
     conn: Connection, t: Transition, unique: dict[Any, UUID], parents_meta: dict[Any, tuple[Any, str | None]]
 ) -> dict[Any, tuple[Job, ...]]:
-    """Insert the follow-up jobs of the rows just changed, in the same transaction."""
+    """Insert the follow-up jobs of the rows just changed, in the same transaction, each in a
+    savepoint of its own: one that cannot be queued goes to the DLQ instead of failing the ack."""
     spawned: dict[Any, tuple[Job, ...]] = {}
     if t.follow_ups is None:
         return spawned
+    cur, d = _cursor(conn)
     for key, (parent_meta, flow_id) in parents_meta.items():
         parent_id = unique[key]
-        jobs, texts, resolve = t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {}))
-        if jobs:
-            insert_jobs(conn, list(zip(jobs, texts, strict=True)), resolve, check_paused=False)
-            spawned[key] = tuple(jobs)
+        created = []
+        for job, text, resolve in t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {})):
+            cur.execute("SAVEPOINT follow_up")
+            try:
+                insert_jobs(conn, [(job, text)], resolve, check_paused=False)
+            except ConveyorError as exc:
+                cur.execute("ROLLBACK TO SAVEPOINT follow_up")
+                dead = Job.trusted(
+                    {
+                        **job.__dict__,
+                        "state": JobState.DLQ,
+                        "unique_key": None,
+                        "completed_at": job.created_at,
+                        "last_error": f"follow-up of job {parent_id} could not be queued: {exc.message}"[:10_000],
+                    }
+                )
+                insert_jobs(conn, [(dead, text)], None, check_paused=False)
+            cur.execute("RELEASE SAVEPOINT follow_up")
+            created.append(job)
+        spawned[key] = tuple(created)
     return spawned
 
 

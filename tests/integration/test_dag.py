@@ -164,3 +164,47 @@ async def test_two_nodes_completing_both_parents_at_once_release_the_child(pg_sc
                 tg.start_soon(b.ack, right)
             assert await states(a, join) == ["waiting"]
             await run(a)
+
+
+async def test_release_and_cascade_work_in_chunks(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.plugins.sql import primitives
+
+    monkeypatch.setattr(primitives, "CHUNK", 3)
+    parents = [await app.push("q", f"p{i}") for i in range(4)]
+    kids = await app.push_batch("q", [{"name": f"k{i}", "depends_on": [str(p) for p in parents]} for i in range(10)])
+    await app.pull("q", 4)
+    await app.ack_batch([{"id": p} for p in parents])
+    assert set(await states(app, *kids)) == {"waiting"}
+
+
+async def test_a_cascade_catches_a_child_pushed_while_it_waited(pg_schema: str) -> None:
+    """Node B holds a descendant's row lock (as a push onto it does) while node A's parent dies;
+    B then commits a new child of that descendant. A's cascade must still reach the new child."""
+    import psycopg
+
+    from conveyor.plugins.sql.codec import encode_job
+    from conveyor.plugins.sql.dialect import COLUMN_LIST, COLUMNS, POSTGRES
+
+    opts: dict[str, Any] = {"maintenance": False, "plugin_autoload": False}
+    async with Conveyor(pg_schema, **opts) as a:
+        parent = await a.push("q", "parent", max_attempts=1)
+        middle = await a.push("q", "middle", depends_on=[parent])
+        template = await a.get(middle)
+        assert template is not None
+        late = template.model_copy(update={"id": uuid4(), "name": "late", "depends_on": [middle]})
+        await a.pull("q")
+        base, schema = pg_schema.split("?schema=")
+        async with await psycopg.AsyncConnection.connect(base, options=f"-csearch_path={schema}") as other:
+            await other.execute("SELECT id FROM conveyor_jobs WHERE id = %s FOR UPDATE", (middle,))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.fail, parent, "boom")
+                await anyio.sleep(0.3)  # A's cascade is now waiting for the lock on `middle`
+                row = encode_job(late, POSTGRES)
+                await other.execute(
+                    f"INSERT INTO conveyor_jobs ({COLUMN_LIST}) VALUES ({', '.join(['%s'] * len(COLUMNS))})", row
+                )
+                await other.execute(
+                    "INSERT INTO conveyor_job_deps (child_id, parent_id) VALUES (%s, %s)", (late.id, middle)
+                )
+                await other.commit()
+        assert await states(a, parent, middle, late.id) == ["dlq", "dlq", "dlq"]

@@ -103,3 +103,48 @@ async def test_a_restart_between_parent_ack_and_child_pull_loses_nothing(storage
         pulled = await app.pull("next", 5)
         assert {j.name for j in pulled} == {"b", "c"} and all(j.state is JobState.ACTIVE for j in pulled)
         assert {j.id for j in pulled} >= {blocked}
+
+
+async def test_a_follow_up_that_cannot_be_queued_is_dead_lettered_not_lost(app: Conveyor) -> None:
+    await app.push("next", "holder", unique_key="k")
+    parent = await app.push(
+        "q",
+        "a",
+        metadata={"follow_ups": [{"queue": "next", "name": "b", "unique_key": "k"}, {"queue": "next", "name": "c"}]},
+    )
+    await app.pull("q")
+    await app.ack(parent, "done")
+    assert (await app.get(parent)).state is JobState.COMPLETED  # type: ignore[union-attr]
+    [dead] = await app.dlq("next")
+    assert dead.name == "b" and "could not be queued" in (dead.last_error or "") and "'k'" in (dead.last_error or "")
+    assert {j.name for j in await app.pull("next", 5)} == {"holder", "c"}
+
+
+@pytest.mark.parametrize(
+    ("follow_ups", "field"),
+    [
+        ([{"queue": "q", "name": "n" * 1025}], "options.metadata.follow_ups[0].name"),
+        (
+            [{"queue": "q", "name": "x", "metadata": {"follow_ups": [{"queue": "q"}]}}],
+            "options.metadata.follow_ups[0].options.metadata.follow_ups[0].name",
+        ),
+    ],
+)
+async def test_follow_ups_are_built_at_push_as_the_ack_would(app: Conveyor, follow_ups: Any, field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        await app.push("q", "a", metadata={"follow_ups": follow_ups})
+    assert err.value.field == field, err.value.message
+
+
+async def test_a_chain_of_follow_ups_runs_for_many_generations(app: Conveyor) -> None:
+    meta: dict[str, Any] = {}
+    for generation in range(15):
+        meta = (
+            {"follow_ups": [{"queue": "chain", "name": f"g{generation}", "metadata": meta}]} if meta else {"end": True}
+        )
+    await app.push("chain", "root", metadata=meta)
+    names = []
+    while jobs := await app.pull("chain"):
+        names.append(jobs[0].name)
+        await app.ack(jobs[0].id)
+    assert len(names) == 15 and names[0] == "root"
