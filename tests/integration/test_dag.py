@@ -128,10 +128,9 @@ async def test_batch_push_keeps_dependencies(app: Conveyor) -> None:
     parent = await app.push("q", "parent")
     ids = await app.push_batch("q", [{"name": "c1", "depends_on": [str(parent)]}, {"name": "free"}])
     assert await states(app, *ids) == ["blocked", "waiting"]
-    [free_or_parent, *_] = await app.pull("q", 5)
+    assert {j.id for j in await app.pull("q", 5)} == {parent, ids[1]}
     await app.ack_batch([{"id": j} for j in [parent, ids[1]]])
     assert await states(app, ids[0]) == ["waiting"]
-    assert free_or_parent is not None
 
 
 async def test_promotion_survives_a_restart(storage_url: str, clock: FakeClock) -> None:
@@ -208,3 +207,31 @@ async def test_a_cascade_catches_a_child_pushed_while_it_waited(pg_schema: str) 
                 )
                 await other.commit()
         assert await states(a, parent, middle, late.id) == ["dlq", "dlq", "dlq"]
+
+
+async def test_edge_cases_of_release_and_cascade(app: Conveyor, clock: FakeClock) -> None:
+    # a parent removed on completion still releases its child
+    removed = await app.push("q", "removed", remove_on_complete=True)
+    child = await app.push("q", "child", depends_on=[removed])
+    await run(app)
+    assert await app.get(removed) is None and await states(app, child) == ["waiting"]
+    await run(app)
+    # both parents acked in one batch release the shared child once
+    left, right = await app.push("q", "left"), await app.push("q", "right")
+    join = await app.push("q", "join", depends_on=[left, right])
+    await app.pull("q", 2)
+    await app.ack_batch([{"id": left}, {"id": right}])
+    assert await states(app, join) == ["waiting"]
+    await run(app)
+    # a parent removed on failure still takes its child to the DLQ
+    doomed = await app.push("q", "doomed", max_attempts=1, remove_on_fail=True)
+    orphan = await app.push("q", "orphan", depends_on=[doomed])
+    await app.pull("q")
+    await app.fail(doomed, "x")
+    assert await app.get(doomed) is None and await states(app, orphan) == ["dlq"]
+    # a parent that expires unstarted takes its child to the DLQ
+    stale = await app.push("q", "stale", ttl_ms=1_000, delay_ms=5_000)
+    waiting_child = await app.push("q", "waiting-child", depends_on=[stale])
+    clock.advance(1_000)
+    await app.run_maintenance()
+    assert await states(app, stale, waiting_child) == ["dlq", "dlq"]

@@ -148,3 +148,14 @@ async def test_a_chain_of_follow_ups_runs_for_many_generations(app: Conveyor) ->
         names.append(jobs[0].name)
         await app.ack(jobs[0].id)
     assert len(names) == 15 and names[0] == "root"
+
+
+async def test_follow_ups_of_a_parent_removed_on_completion(app: Conveyor) -> None:
+    parent = await app.push(
+        "q", "a", remove_on_complete=True, metadata={"follow_ups": [{"queue": "next", "name": "b"}]}
+    )
+    await app.pull("q")
+    await app.ack(parent, 5)
+    assert await app.get(parent) is None
+    [child] = await app.pull("next")
+    assert child.data == 5 and child.depends_on == [parent]
