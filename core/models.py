@@ -231,16 +231,10 @@ class QueueInfo(BaseModel):
     counts: QueueCounts = Field(default_factory=QueueCounts)
 
 
-class FlowSummary(BaseModel):
+class FlowSummary(QueueCounts):
+    """Counts by state of one flow's jobs, and their ``total``."""
+
     total: int = 0
-    waiting: int = 0
-    active: int = 0
-    delayed: int = 0
-    blocked: int = 0
-    completed: int = 0
-    failed: int = 0
-    dlq: int = 0
-    cancelled: int = 0
 
 
 class FlowStatus(BaseModel):
