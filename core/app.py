@@ -32,7 +32,6 @@ from .models import (
     FlowStatus,
     FlowSubmitted,
     FlowSummary,
-    FollowUp,
     Job,
     JobSpec,
     JobState,
@@ -263,8 +262,8 @@ class Conveyor:
         def build(parent_id: UUID, meta: Any, flow_id: str | None, acked: dict[str, Any]) -> Any:
             built = []
             inherited = {k: v for k, v in meta.items() if k != "follow_ups"}
-            for i, follow in enumerate(_follow_ups_of(meta)):
-                spec = _follow_up_spec(follow, parent_id, flow_id, inherited, acked.get("result"))
+            for i, follow in enumerate(dag.follow_ups_of(meta)):
+                spec = dag.follow_up_spec(follow, parent_id, flow_id, inherited, acked.get("result"))
                 job, text = self._new_job(limits.check_queue_name(follow.queue), spec, now_ms)
                 resolver = dag.parent_resolver([f"metadata.follow_ups[{i}]"], self.settings.max_dag_depth)
                 built.append((job, text, resolver))
@@ -276,9 +275,9 @@ class Conveyor:
         """Refuse at push what would fail at ack: each follow-up is built as the ack would build
         it (sizes, names, its own nested follow-ups), with a stand-in parent and result."""
         inherited = {k: v for k, v in metadata.items() if k != "follow_ups"} if isinstance(metadata, dict) else None
-        for i, follow in enumerate(_follow_ups_of(metadata)):
+        for i, follow in enumerate(dag.follow_ups_of(metadata)):
             where = f"options.metadata.follow_ups[{i}]"
-            spec = _follow_up_spec(follow, uuid7(), None, inherited, None)
+            spec = dag.follow_up_spec(follow, uuid7(), None, inherited, None)
             try:
                 self._new_job(limits.check_queue_name(follow.queue, f"{where}.queue"), spec, now_ms)
             except ValidationError as exc:
@@ -521,38 +520,6 @@ def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None =
         Event,
         {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
     )
-
-
-def _follow_ups_of(metadata: Any) -> list[FollowUp]:
-    """The validated ``metadata.follow_ups`` (none when metadata has no such key)."""
-    if not isinstance(metadata, dict) or "follow_ups" not in metadata:
-        return []
-    raw = metadata["follow_ups"]
-    field = "options.metadata.follow_ups"
-    if not isinstance(raw, list):
-        raise ValidationError(f"{field} must be a list of follow-up jobs", field=field)
-    follow_ups = []
-    for i, item in enumerate(raw):
-        follow = limits.parse(FollowUp, limits.gather_flat_options(item, f"{field}[{i}]"), f"{field}[{i}]")
-        limits.check_queue_name(follow.queue, f"{field}[{i}].queue")
-        follow_ups.append(follow)
-    return follow_ups
-
-
-def _follow_up_spec(follow: FollowUp, parent_id: UUID, flow_id: str | None, inherited: Any, result: Any) -> JobSpec:
-    """The spec's chaining rules: the parent joins ``depends_on``; ``flow_id`` from the
-    follow-up, else the parent's; the parent's metadata minus ``follow_ups`` when the follow-up
-    has none; the parent's result as ``data`` when the follow-up has none."""
-    own = follow.options
-    options = own.model_copy(
-        update={
-            "depends_on": [*own.depends_on, parent_id],
-            "flow_id": own.flow_id or flow_id,
-            "metadata": own.metadata if "metadata" in own.model_fields_set else inherited,
-        }
-    )
-    data = follow.data if "data" in follow.model_fields_set else result
-    return JobSpec(name=follow.name, data=data, options=options)
 
 
 def _spawn_events(done: Modified) -> list[Event]:

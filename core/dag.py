@@ -1,4 +1,4 @@
-"""Job dependencies: the rules for a job pushed with ``depends_on``.
+"""Job dependencies: the rules for ``depends_on``, flows of steps and follow-up chaining.
 
 Runs inside the storage transaction that inserts the jobs (see `Storage.insert_jobs`), with
 the parents locked, so a parent cannot fail or be cancelled between the check and the insert.
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
+from . import _limits as limits
 from .errors import ValidationError
-from .models import Job, JobState
+from .models import FollowUp, Job, JobSpec, JobState
 from .storage import ResolveParents
 
 DEAD = frozenset({JobState.DLQ, JobState.CANCELLED})
@@ -98,3 +100,35 @@ def dependency_order(needs: dict[str, list[str]], where: str = "steps") -> list[
             details={"cycle": stuck},
         )
     return order
+
+
+def follow_ups_of(metadata: Any) -> list[FollowUp]:
+    """The validated ``metadata.follow_ups`` (none when metadata has no such key)."""
+    if not isinstance(metadata, dict) or "follow_ups" not in metadata:
+        return []
+    raw = metadata["follow_ups"]
+    field = "options.metadata.follow_ups"
+    if not isinstance(raw, list):
+        raise ValidationError(f"{field} must be a list of follow-up jobs", field=field)
+    follow_ups = []
+    for i, item in enumerate(raw):
+        follow = limits.parse(FollowUp, limits.gather_flat_options(item, f"{field}[{i}]"), f"{field}[{i}]")
+        limits.check_queue_name(follow.queue, f"{field}[{i}].queue")
+        follow_ups.append(follow)
+    return follow_ups
+
+
+def follow_up_spec(follow: FollowUp, parent_id: UUID, flow_id: str | None, inherited: Any, result: Any) -> JobSpec:
+    """The spec's chaining rules: the parent joins ``depends_on``; ``flow_id`` from the
+    follow-up, else the parent's; the parent's metadata minus ``follow_ups`` when the follow-up
+    has none; the parent's result as ``data`` when the follow-up has none."""
+    own = follow.options
+    options = own.model_copy(
+        update={
+            "depends_on": [*own.depends_on, parent_id],
+            "flow_id": own.flow_id or flow_id,
+            "metadata": own.metadata if "metadata" in own.model_fields_set else inherited,
+        }
+    )
+    data = follow.data if "data" in follow.model_fields_set else result
+    return JobSpec(name=follow.name, data=data, options=options)
