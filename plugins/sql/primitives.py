@@ -359,8 +359,11 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             )
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
     woken |= {job.queue for jobs in spawned.values() for job in jobs}  # may be spurious: harmless
-    results, released = _apply_children(cur, d, results)
-    return results, woken | released
+    if t.children.release:
+        woken |= _release_children(cur, d, list(unique.values()), t.children.at_ms)
+    if t.children.cascade_error:
+        raise StorageError("a Transition cannot cascade: use a Decide for changes that kill jobs")
+    return results, woken
 
 
 def _spawn_follow_ups(
