@@ -142,13 +142,22 @@ def _cascade(cur: Any, d: Dialect, root: UUID, error: str, now_ms: int) -> tuple
     Repeated until a pass changes nothing: on PostgreSQL a pass sees the edges committed
     before it started, so a child pushed onto a descendant while the previous pass waited for
     that descendant's row lock is caught by the next pass."""
+    descendants = (
+        f"WITH RECURSIVE down(id) AS (SELECT child_id FROM {DEPS} WHERE parent_id = ? "
+        f"UNION SELECT e.child_id FROM {DEPS} e JOIN down ON e.parent_id = down.id) "
+    )
     cascaded: list[tuple[UUID, str]] = []
     while True:
+        if d.postgres:  # take the row locks in id order, as every other writer does
+            cur.execute(
+                d.sql(
+                    f"{descendants}SELECT id FROM {TABLE} WHERE id IN (SELECT id FROM down) AND state = 'blocked' ORDER BY id FOR UPDATE"
+                ),
+                (d.encode_id(root),),
+            )
         cur.execute(
             d.sql(
-                f"WITH RECURSIVE down(id) AS (SELECT child_id FROM {DEPS} WHERE parent_id = ? "
-                f"UNION SELECT e.child_id FROM {DEPS} e JOIN down ON e.parent_id = down.id) "
-                f"UPDATE {TABLE} SET state = 'dlq', last_error = ?, completed_at = ?, updated_at = ? "
+                f"{descendants}UPDATE {TABLE} SET state = 'dlq', last_error = ?, completed_at = ?, updated_at = ? "
                 "WHERE id IN (SELECT id FROM down) AND state = 'blocked' RETURNING id, queue"
             ),
             (d.encode_id(root), error, now_ms, now_ms),
