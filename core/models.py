@@ -39,13 +39,6 @@ class JobState(enum.StrEnum):
     DLQ = "dlq"
     CANCELLED = "cancelled"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-
-TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.DLQ, JobState.CANCELLED})
-
 
 class Backoff(enum.StrEnum):
     FIXED = "fixed"

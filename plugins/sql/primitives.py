@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -241,28 +241,28 @@ def _claim_order(row: Sequence[Any]) -> tuple[int, int, str]:
     return (-row[_PRIORITY], row[_ORDER_KEY], str(row[0]))
 
 
-def _lock_in_order(cur: Any, d: Dialect, ids: Sequence[UUID]) -> None:
-    for start in range(0, len(ids), 500):
-        chunk = [d.encode_id(i) for i in ids[start : start + 500]]
-        cur.execute(
-            d.sql(f"SELECT id FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id FOR UPDATE"), chunk
-        )
-
-
-def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, Job]:
-    found: dict[UUID, Job] = {}
-    for start in range(0, len(ids), 500):
-        chunk = [d.encode_id(i) for i in ids[start : start + 500]]
+def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -> Iterator[Sequence[Any]]:
+    """``columns`` of the rows with these ids, in chunks, in id order and locked (PostgreSQL):
+    one lock order everywhere, so two nodes never deadlock on each other's rows."""
+    for start in range(0, len(ids), CHUNK):
+        chunk = [d.encode_id(i) for i in ids[start : start + CHUNK]]
         cur.execute(
             d.sql(
-                f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"
+                f"SELECT {columns} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"
             ),
             chunk,
         )
-        for row in cur.fetchall():
-            job = decode_job(row, d)
-            found[job.id] = job
-    return found
+        yield from cur.fetchall()
+
+
+def _lock_in_order(cur: Any, d: Dialect, ids: Sequence[UUID]) -> None:
+    for _ in _rows_in_id_order(cur, d, ids, "id"):
+        pass
+
+
+def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, Job]:
+    jobs = (decode_job(row, d) for row in _rows_in_id_order(cur, d, ids, COLUMN_LIST))
+    return {job.id: job for job in jobs}
 
 
 def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[list[Modified], Woken]:
@@ -320,8 +320,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     done: dict[Any, tuple[str, bool]] = {}
     parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
-    for start in range(0, len(items), 500):
-        chunk = items[start : start + 500]
+    for start in range(0, len(items), CHUNK):
+        chunk = items[start : start + CHUNK]
         params: list[Any] = []
         for key, job_id in chunk:
             params.append(key)

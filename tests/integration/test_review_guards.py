@@ -19,16 +19,6 @@ pytestmark = pytest.mark.anyio
 STALL = 30_000
 
 
-async def test_a_cancelled_pull_claims_nothing(app: Conveyor) -> None:
-    job_id = await app.push("q", "precious", max_attempts=1)
-    with anyio.move_on_after(0):
-        await app.pull("q")
-    job = await app.get(job_id)
-    if job and job.state is JobState.ACTIVE:  # the claim did run: then its caller got it back
-        pytest.skip("this backend answered before the cancellation took effect")
-    assert [j.id for j in await app.pull("q")] == [job_id]
-
-
 @pytest.mark.parametrize("storage_url", ["sqlite-file"], indirect=True)
 async def test_a_cancelled_pull_on_sqlite_is_dropped_before_it_runs(app: Conveyor) -> None:
     job_id = await app.push("q", "precious")
