@@ -3,7 +3,8 @@
 The public API is re-exported here; modules prefixed with ``_`` are private.
 """
 
-from . import commands
+from . import commands, wire
+from ._version import __version__
 from .app import Conveyor
 from .config import Settings
 from .errors import (
@@ -51,7 +52,7 @@ from .sync import SyncConveyor
 from .workers import WorkerRegistry
 
 __all__ = [
-    "AckItem", "AckResult", "commands", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
+    "__version__", "AckItem", "AckResult", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
     "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",

@@ -14,6 +14,7 @@ from .errors import PluginError
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "sql": "conveyor.plugins.sql",
+    "http": "conveyor.plugins.http",
 }
 """Built-in plugins by short name; block one with ``disable_plugins=["sql"]``."""
 

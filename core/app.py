@@ -84,6 +84,8 @@ class Conveyor:
         self.events = EventDispatcher([], settings.event_buffer)
         self._tg: anyio.abc.TaskGroup | None = None
         self._maintenance_scope: anyio.CancelScope | None = None
+        self._pulls_released = False
+        self._waiting_pulls: set[anyio.CancelScope] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -180,11 +182,21 @@ class Conveyor:
         body: dict[str, Any] = {"name": name, "data": data, **flat_options}
         if options is not None:
             body["options"] = options
-        spec = JobSpec.parse(body)
-        job, text = self._new_job(limits.check_queue_name(queue), spec, self.now_ms())
-        await self.storage.insert_jobs([job], [text], self._resolver([job], ["options"]))
-        self._emit_pushed([job])
-        return job.id
+        return await self.push_job(queue, body)
+
+    async def push_job(self, queue: str, job: JobSpec | dict[str, Any]) -> UUID:
+        """Enqueue one job given whole: a `JobSpec`, or a wire body (``name``, ``data``,
+        options nested or flat), as protocols receive it. A ``queue`` in it must be ``queue``."""
+        limits.check_queue_name(queue)
+        if isinstance(job, dict) and "queue" in job:
+            job = {**job}
+            if job.pop("queue") != queue:
+                raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
+        spec = JobSpec.parse(job)
+        built, text = self._new_job(queue, spec, self.now_ms())
+        await self.storage.insert_jobs([built], [text], self._resolver([built], ["options"]))
+        self._emit_pushed([built])
+        return built.id
 
     async def push_batch(self, queue: str, jobs: Sequence[JobSpec | dict[str, Any]]) -> list[UUID]:
         """Enqueue every job or none; errors name the item (``jobs[3].options.priority``)."""
@@ -331,9 +343,22 @@ class Conveyor:
         while True:
             jobs = await self.storage.claim_jobs(queue, count, self.now_ms(), worker_id)
             remaining = deadline - anyio.current_time()
-            if jobs or remaining <= 0:
+            if jobs or remaining <= 0 or self._pulls_released:
                 return jobs
-            await self.storage.wait_for_jobs(queue, remaining)
+            with anyio.CancelScope() as scope:
+                self._waiting_pulls.add(scope)
+                try:
+                    await self.storage.wait_for_jobs(queue, remaining)
+                finally:
+                    self._waiting_pulls.discard(scope)
+
+    def stop_waiting(self) -> None:
+        """End every long-poll ``pull`` now (each makes one last claim and returns) and make
+        later ones return at once: a server shutting down calls this so in-flight requests
+        finish promptly instead of holding the shutdown for up to ``wait_ms``."""
+        self._pulls_released = True
+        for scope in list(self._waiting_pulls):
+            scope.cancel()
 
     async def ack(self, job_id: UUID | str, result: Any = None, *, worker_id: str | None = None) -> None:
         """Complete an active job with ``result``. With ``worker_id``, only if that worker holds

@@ -1,32 +1,67 @@
-"""The ``conveyor`` command. Server and client commands arrive with their plugins; this holds
-what the kernel alone can do."""
+"""The ``conveyor`` command: ``serve`` (server mode), ``db upgrade`` and ``queues``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
 from .app import Conveyor
 from .config import Settings
 from .errors import ConveyorError
+from .server import serve
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description="Conveyor job queue and workflow orchestrator.")
-    parser.add_argument("--storage", help="storage URL (default: CONVEYOR_STORAGE or sqlite:///./conveyor.db)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--storage", default=argparse.SUPPRESS,
+        help="storage URL (default: CONVEYOR_STORAGE, the config file, or sqlite:///./conveyor.db)",
+    )  # fmt: skip
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="FILE", help="TOML file of settings (same names as CONVEYOR_*)"
+    )
+    parser.add_argument("--storage", help=argparse.SUPPRESS)  # also accepted before the command
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
-    db = commands.add_parser("db", help="database schema")
-    db.add_subparsers(dest="db_command", required=True).add_parser("upgrade", help="create or migrate the schema")
-    commands.add_parser("queues", help="list queues with counts (embedded storage)")
+
+    server = commands.add_parser(
+        "serve", parents=[common], help="run the HTTP and TCP servers",
+        description="Serve the REST API and the TCP protocol until SIGINT/SIGTERM. Every setting may also "
+        "come from CONVEYOR_* environment variables or --config; the command line wins.",
+    )  # fmt: skip
+    server.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--http-port", type=int, help="HTTP port (default 6790; 0 picks a free one)")
+    server.add_argument("--tcp-port", type=int, help="TCP port (default 6789; 0 picks a free one)")
+    server.add_argument(
+        "--auth-token", action="append", dest="auth_tokens", metavar="TOKEN",
+        help="accept this bearer token (repeatable); with none, auth is off",
+    )  # fmt: skip
+
+    db = commands.add_parser("db", parents=[common], help="database schema")
+    db.add_subparsers(dest="db_command", required=True).add_parser(
+        "upgrade", parents=[common], help="create or migrate the schema"
+    )
+    commands.add_parser("queues", parents=[common], help="list queues with counts (embedded storage)")
     return parser
 
 
+def _settings(args: argparse.Namespace, **fixed: Any) -> Settings:
+    given = {name: getattr(args, name, None) for name in ("storage", "host", "http_port", "tcp_port", "auth_tokens")}
+    return Settings.load(getattr(args, "config", None), **given, **fixed)
+
+
 async def _run(args: argparse.Namespace) -> int:
-    settings = Settings(**({"storage": args.storage} if args.storage else {}), maintenance=False)
+    if args.command == "serve":
+        await serve(_settings(args))
+        return 0
+    settings = _settings(args, maintenance=False)
     async with Conveyor(settings=settings) as app:
         if args.command == "db":
             print(f"schema up to date: {settings.storage}")
@@ -35,13 +70,38 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backend_options() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401 - installed with uvicorn[standard]; faster sockets
+    except ImportError:
+        return {}
+    return {"use_uvloop": True}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return anyio.run(_run, args)
-    except ConveyorError as exc:
-        print(f"conveyor: {exc.code}: {exc.message}", file=sys.stderr)
+        return anyio.run(_run, args, backend_options=_backend_options())
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        error = _conveyor_error(exc)
+        if error is None:
+            raise
+        print(f"conveyor: {error.code}: {error.message}", file=sys.stderr)
         return 2
+
+
+def _conveyor_error(exc: BaseException) -> ConveyorError | None:
+    """The `ConveyorError` behind ``exc``, also when a task group wrapped it."""
+    if isinstance(exc, ConveyorError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _conveyor_error(inner)) is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

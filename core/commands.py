@@ -1,34 +1,222 @@
-"""The protocol-neutral command layer: wire request body -> `Conveyor` call -> wire response.
+"""The protocol-neutral command layer: parameters -> `Conveyor` call -> wire response.
 
-HTTP routes and TCP commands call these functions, so both protocols give the same answers;
-errors are raised as `ConveyorError`, which each protocol renders as its error envelope
-``{"ok": false, "error": {"code", "message", "details"}}``. Flows are the first commands here
-(``POST /api/v1/flows``, ``GET /api/v1/flows/{flow_id}``); the server issue adds the rest.
+Every protocol front end runs commands through `execute`: the TCP server passes the command
+object minus ``cmd``; HTTP routes pass path, query and body merged. So both protocols accept
+the same parameters, refuse the same input with the same error, and answer the same shapes.
+Failures are raised as `ConveyorError`; each protocol renders its envelope
+``{"ok": false, "error": {"code", "message", "details"}}``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from .app import Conveyor
+from pydantic import BaseModel
+
+from . import wire
+from .errors import JobNotFoundError, UnknownCommandError, ValidationError
+from .models import OPTION_FIELDS
+
+if TYPE_CHECKING:
+    from .app import Conveyor
+
+Params = dict[str, Any]
+Reply = dict[str, Any]
+Handler = Callable[["Conveyor", Params], Awaitable[Reply]]
+OK: Reply = {"ok": True}
 
 
-async def submit_flow(app: Conveyor, body: Any) -> dict[str, Any]:
-    """``POST /api/v1/flows`` / TCP ``submit_flow``: body is a `FlowSpec` object."""
-    submitted = await app.submit_flow(body)
-    return {
-        "ok": True,
-        "flow_id": submitted.flow_id,
-        "ids": {key: str(job_id) for key, job_id in submitted.ids.items()},
-    }
+@dataclass(frozen=True)
+class Command:
+    """One command: its name (the TCP ``cmd``), parameter and response models, and handler."""
+
+    name: str
+    params: type[BaseModel]
+    response: type[BaseModel]
+    run: Handler
+    doc: str
+    allowed: frozenset[str] = field(default_factory=frozenset)
+    required: tuple[str, ...] = ()
 
 
-async def flow_status(app: Conveyor, flow_id: Any) -> dict[str, Any]:
-    """``GET /api/v1/flows/{flow_id}`` / TCP ``flow``: every job and counts by state."""
-    status = await app.flow(flow_id)
+COMMANDS: dict[str, Command] = {}
+
+
+def _command(
+    name: str, params: type[BaseModel], response: type[BaseModel], *, extra: frozenset[str] = frozenset()
+) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        fields = params.model_fields
+        COMMANDS[name] = Command(
+            name, params, response, fn, inspect.getdoc(fn) or "",
+            allowed=frozenset(fields) | extra,
+            required=tuple(key for key, info in fields.items() if info.is_required()),
+        )  # fmt: skip
+        return fn
+
+    return register
+
+
+async def execute(app: Conveyor, name: str, params: Any) -> Reply:
+    """Run command ``name`` with ``params``; raises `UnknownCommandError` for an unknown name
+    and `ValidationError` for an unknown or missing parameter, before anything runs."""
+    command = COMMANDS.get(name) if isinstance(name, str) else None
+    if command is None:
+        raise UnknownCommandError(
+            f"unknown command {str(name)[:64]!r}; known: {', '.join(sorted(COMMANDS))}", details={"cmd": str(name)[:64]}
+        )
+    if not isinstance(params, dict):
+        raise ValidationError(f"{name}: parameters must be a JSON object, got {type(params).__name__}")
+    if unknown := params.keys() - command.allowed:
+        first = sorted(unknown)[0]
+        raise ValidationError(f"{first}: unknown field", field=first, details={"unknown": sorted(unknown)})
+    for key in command.required:
+        if key not in params:
+            raise ValidationError(f"{key}: Field required", field=key)
+    return await command.run(app, params)
+
+
+def _wire_jobs(jobs: list[Any]) -> list[dict[str, Any]]:
+    return [job.to_wire() for job in jobs]
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@_command("push", wire.PushParams, wire.PushResponse, extra=OPTION_FIELDS)
+async def push(app: Conveyor, params: Params) -> Reply:
+    """Enqueue one job; options nested under ``options`` or flat."""
+    return {"ok": True, "id": str(await app.push_job(params["queue"], params))}
+
+
+@_command("push_batch", wire.PushBatchParams, wire.PushBatchResponse)
+async def push_batch(app: Conveyor, params: Params) -> Reply:
+    """Enqueue every job or none; errors name the item (``jobs[3].options.priority``)."""
+    ids = await app.push_batch(params["queue"], params["jobs"])
+    return {"ok": True, "ids": [str(job_id) for job_id in ids]}
+
+
+@_command("pull", wire.PullParams, wire.PullResponse)
+async def pull(app: Conveyor, params: Params) -> Reply:
+    """Claim up to ``count`` jobs (highest priority, then oldest); ``wait_ms`` long-polls."""
+    count = params.get("count")
+    jobs = await app.pull(
+        params["queue"], 1 if count is None else count,
+        worker_id=params.get("worker_id"), wait_ms=params.get("wait_ms", 0),
+    )  # fmt: skip
+    if count is None or count == 1:
+        return {"ok": True, "job": jobs[0].to_wire() if jobs else None}
+    return {"ok": True, "jobs": _wire_jobs(jobs)}
+
+
+@_command("ack", wire.AckParams, wire.Ok)
+async def ack(app: Conveyor, params: Params) -> Reply:
+    """Complete an active job with ``result``; releases dependents and pushes follow-ups."""
+    await app.ack(params["id"], params.get("result"), worker_id=params.get("worker_id"))
+    return OK
+
+
+@_command("ack_batch", wire.AckBatchParams, wire.AckBatchResponse)
+async def ack_batch(app: Conveyor, params: Params) -> Reply:
+    """Ack many jobs in one transaction; one result per item, in order."""
+    results = await app.ack_batch(params["items"], worker_id=params.get("worker_id"))
+    return {"ok": True, "results": [{"id": r.id, "ok": r.ok, "error": r.error} for r in results]}
+
+
+@_command("fail", wire.FailParams, wire.FailResponse)
+async def fail(app: Conveyor, params: Params) -> Reply:
+    """Record a failed attempt: retry after backoff while attempts remain, else dead-letter."""
+    outcome = await app.fail(params["id"], params["error"], worker_id=params.get("worker_id"))
+    return {"ok": True, **outcome.model_dump(mode="json", exclude={"id"})}
+
+
+@_command("cancel", wire.JobIdParams, wire.Ok)
+async def cancel(app: Conveyor, params: Params) -> Reply:
+    """Cancel a waiting, delayed or blocked job (its blocked dependents go to the DLQ)."""
+    await app.cancel(params["id"])
+    return OK
+
+
+@_command("progress", wire.ProgressParams, wire.Ok)
+async def progress(app: Conveyor, params: Params) -> Reply:
+    """Report progress (clamped to 0-100); ``message`` is appended to the job's logs."""
+    await app.progress(params["id"], params["progress"], params.get("message"), worker_id=params.get("worker_id"))
+    return OK
+
+
+@_command("heartbeat", wire.HeartbeatParams, wire.Ok)
+async def heartbeat(app: Conveyor, params: Params) -> Reply:
+    """Extend an active job's lease so stall detection leaves it alone."""
+    await app.heartbeat(params["id"], worker_id=params.get("worker_id"))
+    return OK
+
+
+@_command("get", wire.JobIdParams, wire.JobResponse)
+async def get(app: Conveyor, params: Params) -> Reply:
+    """The whole job: data, metadata, result, state, progress, logs, attempts."""
+    job = await app.get(params["id"])
+    if job is None:
+        raise JobNotFoundError(f"job {params['id']} not found", details={"id": str(params["id"])})
+    return {"ok": True, "job": job.to_wire()}
+
+
+# -- queues -------------------------------------------------------------------------------------
+
+
+@_command("stats", wire.QueueParams, wire.StatsResponse)
+async def stats(app: Conveyor, params: Params) -> Reply:
+    """Counts by state for one queue (all zero for an unknown queue)."""
+    counts = await app.stats(params["queue"])
+    return {"ok": True, "queue": params["queue"], "counts": counts.model_dump()}
+
+
+@_command("queues", wire.NoParams, wire.QueuesResponse)
+async def queues(app: Conveyor, params: Params) -> Reply:
+    """Every queue that has jobs or a pause flag, with counts."""
+    return {"ok": True, "queues": [info.model_dump() for info in await app.queues()]}
+
+
+@_command("queue_pause", wire.QueueParams, wire.Ok)
+async def queue_pause(app: Conveyor, params: Params) -> Reply:
+    """Stop delivering and accepting jobs for the queue (persisted, every node)."""
+    await app.pause(params["queue"])
+    return OK
+
+
+@_command("queue_resume", wire.QueueParams, wire.Ok)
+async def queue_resume(app: Conveyor, params: Params) -> Reply:
+    """Deliver and accept jobs for the queue again."""
+    await app.resume(params["queue"])
+    return OK
+
+
+@_command("dlq", wire.DlqParams, wire.JobsResponse)
+async def dlq(app: Conveyor, params: Params) -> Reply:
+    """Dead-lettered jobs of the queue, most recent first."""
+    jobs = await app.dlq(params["queue"], params.get("limit", 100), params.get("offset", 0))
+    return {"ok": True, "jobs": _wire_jobs(jobs)}
+
+
+# -- flows --------------------------------------------------------------------------------------
+
+
+@_command("submit_flow", wire.SubmitFlowParams, wire.FlowSubmittedResponse)
+async def submit_flow(app: Conveyor, params: Params) -> Reply:
+    """Create a whole dependency graph atomically; steps refer to each other by ``key``."""
+    submitted = await app.submit_flow(params)
+    return {"ok": True, "flow_id": submitted.flow_id, "ids": {k: str(v) for k, v in submitted.ids.items()}}
+
+
+@_command("flow", wire.FlowParams, wire.FlowStatusResponse)
+async def flow(app: Conveyor, params: Params) -> Reply:
+    """Every job of a flow (oldest first) and counts by state."""
+    status = await app.flow(params["flow_id"])
     return {
         "ok": True,
         "flow_id": status.flow_id,
-        "jobs": [job.to_wire() for job in status.jobs],
+        "jobs": _wire_jobs(status.jobs),
         "summary": status.summary.model_dump(),
     }

@@ -1,11 +1,22 @@
-"""Settings, from arguments or ``CONVEYOR_*`` environment variables (pydantic-settings)."""
+"""Settings, from arguments, ``CONVEYOR_*`` environment variables or a TOML file
+(pydantic-settings), in that order of precedence."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import pydantic
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ValidationError
 
 DEFAULT_STORAGE = "sqlite:///./conveyor.db"
 
@@ -34,9 +45,67 @@ class Settings(BaseSettings):
     )
     plugin_autoload: bool = Field(True, description="Load plugins from the 'conveyor' entry-point group.")
 
-    @field_validator("disable_plugins", mode="before")
+    # -- server mode (`conveyor serve`) ---------------------------------------------------------
+    host: str = Field("127.0.0.1", min_length=1, description="Address the protocol servers listen on.")
+    http_port: int = Field(6790, ge=0, le=65535, description="HTTP port (0: any free port, logged at start).")
+    tcp_port: int = Field(6789, ge=0, le=65535, description="TCP port (0: any free port, logged at start).")
+    auth_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Bearer tokens accepted by HTTP and TCP (comma-separated in the environment). Empty: auth is off.",
+    )
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413 unread."
+    )
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
+    )
+
+    @field_validator("disable_plugins", "auth_tokens", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("auth_tokens")
+    @classmethod
+    def _no_blank_tokens(cls, tokens: list[str]) -> list[str]:
+        if any(not token.strip() for token in tokens):
+            raise ValueError("auth tokens must not be blank")
+        return tokens
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from ``overrides`` (command-line values), then ``CONVEYOR_*`` variables,
+        then ``config_file`` (TOML, the same keys at top level), then defaults. Errors name
+        the setting and, for the file, the file."""
+        path = Path(config_file) if config_file is not None else None
+        if path is not None and not path.is_file():
+            raise ValidationError(f"config file {str(path)!r} does not exist", field="config")
+
+        class _WithFile(cls):  # type: ignore[valid-type, misc]
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+                if path is not None:
+                    sources += (TomlConfigSettingsSource(settings_cls, toml_file=path),)
+                return sources
+
+        where = f" (command line, CONVEYOR_* environment or {path})" if path else ""
+        try:
+            loaded = _WithFile(**{k: v for k, v in overrides.items() if v is not None})
+        except pydantic.ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            name = ".".join(str(part) for part in err["loc"])
+            message = "unknown setting" if err["type"] == "extra_forbidden" else err["msg"]
+            raise ValidationError(f"setting {name}: {message}{where}", field=name) from None
+        except ValueError as exc:  # a TOML syntax error
+            raise ValidationError(f"config file {str(path)!r} is not valid TOML: {exc}", field="config") from None
+        return cls.model_validate(loaded.model_dump())

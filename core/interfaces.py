@@ -17,15 +17,19 @@ class EventSink(Protocol):
 
 @runtime_checkable
 class ProtocolServer(Protocol):
-    """A network front end run in server mode.
+    """A network front end run in server mode (``conveyor serve``).
 
-    ``serve`` runs until cancelled; it calls ``ready(address)`` once it listens, so the host
-    can log one line per listener.
+    ``serve`` listens, calls ``ready(address)`` once it does (the host logs one line per
+    listener), and runs until ``shutdown`` is called: then it stops accepting, lets in-flight
+    requests finish and returns. Cancelling ``serve`` stops it at once. ``shutdown`` may be
+    called before ``serve`` has started listening, and more than once.
     """
 
     name: str
 
     async def serve(self, ready: Callable[[str], None]) -> None: ...
+
+    async def shutdown(self) -> None: ...
 
 
 @runtime_checkable

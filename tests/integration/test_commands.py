@@ -1,36 +1,83 @@
-"""The command layer's flow commands answer in the wire shapes of DESIGN.md §5."""
+"""The command layer (shared by HTTP and TCP) on every backend: each command answers in the
+shape its response model documents, and refuses unknown or missing parameters by name."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, ValidationError, commands
+from conveyor import Conveyor, UnknownCommandError, ValidationError, commands
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_flow_commands_round_trip_through_json(app: Conveyor) -> None:
-    body = json.loads(
-        '{"flow_id": "wf-9", "steps": [{"key": "a", "queue": "q", "name": "a"},'
-        ' {"key": "b", "queue": "q", "name": "b", "needs": ["a"], "metadata": {"step": "b"}}]}'
-    )
-    submitted = await commands.submit_flow(app, body)
-    assert submitted["ok"] is True and submitted["flow_id"] == "wf-9" and set(submitted["ids"]) == {"a", "b"}
-    status = json.loads(json.dumps(await commands.flow_status(app, "wf-9")))
-    assert status["ok"] is True and status["flow_id"] == "wf-9"
-    assert status["summary"] == {
-        "total": 2, "waiting": 1, "active": 0, "delayed": 0, "blocked": 1, "completed": 0, "failed": 0, "dlq": 0, "cancelled": 0,
-    }  # fmt: skip
+async def run(app: Conveyor, cmd: str, /, **params: Any) -> dict[str, Any]:
+    """Execute like a protocol would (JSON in, JSON out) and check the documented shape."""
+    reply = json.loads(json.dumps(await commands.execute(app, cmd, json.loads(json.dumps(params)))))
+    commands.COMMANDS[cmd].response.model_validate(reply)
+    assert reply["ok"] is True
+    return reply
+
+
+async def test_every_command_answers_in_its_documented_shape(app: Conveyor) -> None:
+    used: set[str] = set()
+
+    async def call(cmd: str, /, **params: Any) -> dict[str, Any]:
+        used.add(cmd)
+        return await run(app, cmd, **params)
+
+    job_id = (await call("push", queue="q", name="a", data={"n": 1}, priority=3))["id"]
+    ids = (await call("push_batch", queue="q", jobs=[{"name": "b"}, {"name": "c", "queue": "other"}]))["ids"]
+    assert (await call("pull", queue="q", worker_id="w"))["job"]["id"] == job_id
+    await call("progress", id=job_id, progress=40, message="going", worker_id="w")
+    await call("heartbeat", id=job_id, worker_id="w")
+    await call("ack", id=job_id, result={"done": True}, worker_id="w")
+    pulled = (await call("pull", queue="q", count=5))["jobs"]
+    assert [job["id"] for job in pulled] == [ids[0]]
+    failed = await call("fail", id=ids[0], error="boom")
+    assert failed["will_retry"] is True and failed["retry"] is True and failed["state"] == "delayed"
+    assert (await call("get", id=job_id))["job"]["result"] == {"done": True}
+    assert (await call("stats", queue="q"))["counts"]["completed"] == 1
+    await call("queue_pause", queue="other")
+    assert {q["name"]: q["paused"] for q in (await call("queues"))["queues"]}["other"] is True
+    await call("queue_resume", queue="other")
+    await call("cancel", id=ids[1])
+    assert (await call("pull", queue="q", count=1, wait_ms=0))["job"] is None
+    last = (await call("push", queue="q", name="d", max_attempts=1))["id"]
+    await call("pull", queue="q")
+    await call("fail", id=last, error="fatal")
+    assert [job["id"] for job in (await call("dlq", queue="q", limit=10))["jobs"]] == [last]
+    submitted = await call("submit_flow", flow_id="wf-9", steps=[
+        {"key": "a", "queue": "f", "name": "a"},
+        {"key": "b", "queue": "f", "name": "b", "needs": ["a"], "metadata": {"step": "b"}},
+    ])  # fmt: skip
+    status = await call("flow", flow_id="wf-9")
+    assert status["summary"]["blocked"] == 1 and status["summary"]["waiting"] == 1
     jobs = {job["name"]: job for job in status["jobs"]}
-    assert jobs["b"]["depends_on"] == [submitted["ids"]["a"]] and jobs["b"]["metadata"] == {"step": "b"}
-    assert "metadata" not in jobs["a"]
+    assert jobs["b"]["depends_on"] == [submitted["ids"]["a"]] and "metadata" not in jobs["a"]
+    [flow_a] = (await call("pull", queue="f", count=2))["jobs"]
+    results = (await call("ack_batch", items=[{"id": flow_a["id"], "result": 1}, {"id": flow_a["id"]}]))["results"]
+    assert [r["ok"] for r in results] == [True, False]
+    assert used == set(commands.COMMANDS), set(commands.COMMANDS) - used
 
 
-async def test_flow_commands_raise_wire_errors(app: Conveyor) -> None:
+async def test_unknown_and_missing_parameters_are_named(app: Conveyor) -> None:
+    with pytest.raises(UnknownCommandError, match="'explode'"):
+        await commands.execute(app, "explode", {})
     with pytest.raises(ValidationError) as err:
-        await commands.submit_flow(app, {"steps": "nope"})
+        await commands.execute(app, "ack", {"id": "x", "reslt": 1})
+    assert err.value.field == "reslt" and "unknown field" in err.value.message
+    with pytest.raises(ValidationError) as err:
+        await commands.execute(app, "fail", {"id": "x"})
+    assert err.value.field == "error"
+    with pytest.raises(ValidationError) as err:
+        await commands.execute(app, "pull", [])
+    assert "JSON object" in err.value.message
+    with pytest.raises(ValidationError) as err:
+        await commands.execute(app, "submit_flow", {"steps": "nope"})
     assert err.value.to_wire()["code"] == "VALIDATION_ERROR" and err.value.field == "steps"
     with pytest.raises(ValidationError):
-        await commands.flow_status(app, 42)
+        await commands.execute(app, "flow", {"flow_id": 42})
+    assert await app.queues() == []

@@ -66,11 +66,15 @@ class FakeServer:
 
     def __init__(self) -> None:
         self.started = anyio.Event()
+        self.stopping = anyio.Event()
 
     async def serve(self, ready: Callable[[str], None]) -> None:
         ready("fake://here")
         self.started.set()
-        await anyio.sleep_forever()
+        await self.stopping.wait()
+
+    async def shutdown(self) -> None:
+        self.stopping.set()
 
 
 class ProtocolPlugin:
@@ -85,7 +89,9 @@ class ProtocolPlugin:
 async def test_hook_conveyor_protocols() -> None:
     server = FakeServer()
     plugin = ProtocolPlugin(server)
-    app = Conveyor("sqlite:///:memory:", plugins=[plugin], plugin_autoload=False, maintenance=False)
+    app = Conveyor(
+        "sqlite:///:memory:", plugins=[plugin], plugin_autoload=False, maintenance=False, disable_plugins=["http"]
+    )
     try:
         async with app:
             servers = app.protocol_servers()
@@ -94,7 +100,7 @@ async def test_hook_conveyor_protocols() -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.serve, addresses.append)
                 await server.started.wait()
-                tg.cancel_scope.cancel()
+                await server.shutdown()  # serve returns by itself: the task group can exit
             assert addresses == ["fake://here"]
     finally:
         app.pm.unregister(plugin)

@@ -1,0 +1,189 @@
+"""Wire shapes of every command: its parameters and its success response.
+
+The parameter models name what each command accepts (an unknown name is refused before
+anything runs) and document both protocols; the response models document what comes back.
+Handlers build plain dicts on the hot path; a test checks each response validates against its
+model, so the documentation cannot drift from what is sent.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from .models import AckResult, FlowStep, FlowSummary, Job, JobSpec, JobState, QueueCounts, QueueInfo
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Worker(_Params):
+    worker_id: str | None = Field(None, description="Refuse if another worker now holds the job.")
+
+
+# -- parameters (TCP: the command object minus ``cmd``; HTTP: path + query + body) --------------
+
+
+class PushParams(JobSpec):
+    """One job; options nested under ``options`` or flat beside ``name``/``data``."""
+
+
+class PushBatchParams(_Params):
+    queue: str
+    jobs: list[JobSpec] = Field(description="All pushed or none; a job may name its own queue.")
+
+
+class PullParams(_Worker):
+    queue: str
+    count: int | None = Field(None, description="1 (default): answer `job`; more: answer `jobs`.")
+    wait_ms: int = Field(0, description="Long-poll: wait up to this long for a job to arrive.")
+
+
+class AckBody(_Worker):
+    result: JsonValue = None
+
+
+class AckParams(AckBody):
+    id: UUID
+
+
+class AckBatchItem(_Params):
+    id: UUID
+    result: JsonValue = None
+
+
+class AckBatchParams(_Worker):
+    items: list[AckBatchItem]
+
+
+class FailBody(_Worker):
+    error: str
+
+
+class FailParams(FailBody):
+    id: UUID
+
+
+class ProgressBody(_Worker):
+    progress: float = Field(description="Clamped to 0-100.")
+    message: str | None = Field(None, description="Appended to the job's logs.")
+
+
+class ProgressParams(ProgressBody):
+    id: UUID
+
+
+class HeartbeatBody(_Worker):
+    pass
+
+
+class HeartbeatParams(HeartbeatBody):
+    id: UUID
+
+
+class JobIdParams(_Params):
+    id: UUID
+
+
+class QueueParams(_Params):
+    queue: str
+
+
+class NoParams(_Params):
+    pass
+
+
+class DlqParams(_Params):
+    queue: str
+    limit: int = 100
+    offset: int = 0
+
+
+class FlowParams(_Params):
+    flow_id: str
+
+
+class SubmitFlowParams(_Params):
+    flow_id: str | None = None
+    steps: list[FlowStep]
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+
+class Ok(BaseModel):
+    ok: Literal[True] = True
+
+
+class PushResponse(Ok):
+    id: UUID
+
+
+class PushBatchResponse(Ok):
+    ids: list[UUID]
+
+
+class PullResponse(Ok):
+    """``job`` when one job was asked for (no ``count``, or 1), else ``jobs``."""
+
+    job: Job | None = None
+    jobs: list[Job] | None = None
+
+
+class JobResponse(Ok):
+    job: Job
+
+
+class AckBatchResponse(Ok):
+    results: list[AckResult]
+
+
+class FailResponse(Ok):
+    retry: bool
+    will_retry: bool
+    next_attempt_at: datetime | None
+    state: JobState
+
+
+class StatsResponse(Ok):
+    queue: str
+    counts: QueueCounts
+
+
+class QueuesResponse(Ok):
+    queues: list[QueueInfo]
+
+
+class JobsResponse(Ok):
+    jobs: list[Job]
+
+
+class FlowStatusResponse(Ok):
+    flow_id: str
+    jobs: list[Job]
+    summary: FlowSummary
+
+
+class FlowSubmittedResponse(Ok):
+    flow_id: str
+    ids: dict[str, UUID]
+
+
+class HealthResponse(Ok):
+    status: Literal["ok"] = "ok"
+    version: str
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    ok: Literal[False] = False
+    error: ErrorBody

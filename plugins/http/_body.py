@@ -1,0 +1,75 @@
+"""Reading a JSON request body safely: media type, size limit before reading, strict JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from conveyor.errors import LimitExceededError, ValidationError
+
+
+class UnsupportedMediaTypeError(ValidationError):
+    """A body sent as something other than JSON: ``VALIDATION_ERROR`` with HTTP 415."""
+
+    http_status = 415
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The parsed body, or None when the request has none.
+
+    A declared ``Content-Length`` over ``limit`` is refused before a byte of the body is read;
+    a chunked body is refused as soon as it passes ``limit``. NaN/Infinity, invalid UTF-8 and
+    nesting too deep to parse are refused as malformed JSON.
+    """
+    headers = request.headers
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ValidationError("Content-Length must be a number of bytes", field="body")
+        if int(declared) > limit:
+            raise _too_large(int(declared), limit)
+        if int(declared) == 0:
+            return None
+    elif "transfer-encoding" not in headers:
+        return None
+    media_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    ):
+        raise UnsupportedMediaTypeError(
+            f"request body must be JSON: send 'Content-Type: application/json' (got {media_type or 'none'!r})",
+            field="body",
+            details={"content_type": media_type},
+        )
+    if declared is not None:
+        raw = await request.body()
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit, at_least=True)
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+    if not raw:
+        return None
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ValidationError(f"request body is not valid JSON: {reason}", field="body") from None
+
+
+def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceededError:
+    amount = f"more than {limit}" if at_least else str(size)
+    return LimitExceededError(
+        f"request body is {amount} bytes; the limit is {limit} bytes",
+        field="body",
+        details={"limit": limit, **({} if at_least else {"size": size})},
+    )

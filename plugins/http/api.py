@@ -1,0 +1,76 @@
+"""`build_api`: the FastAPI application for one `Conveyor`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
+
+from conveyor import Conveyor, __version__, wire
+from conveyor.auth import TokenAuth
+
+from ._envelope import BearerAuthMiddleware, install_error_handlers
+from .routes import BODY_SCHEMAS, public_router, router
+
+PUBLIC_PATHS = frozenset({
+    "/health", "/api/v1/health", "/metrics", "/api/v1/metrics/prometheus",
+    "/openapi.json", "/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+})  # fmt: skip
+"""Reachable without a token: probes, scrapers and the API description."""
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": wire.ErrorResponse, "description": description}
+    for status, description in {
+        400: "VALIDATION_ERROR: bad input; `details.field` names it",
+        401: "UNAUTHORIZED: missing or wrong bearer token",
+        404: "JOB_NOT_FOUND (or NOT_FOUND for an unknown route)",
+        409: "INVALID_STATE or DUPLICATE_KEY",
+        413: "VALIDATION_ERROR: a size limit (body, data, metadata, names) was exceeded",
+        415: "VALIDATION_ERROR: the body is not sent as application/json",
+        503: "QUEUE_PAUSED",
+        500: "INTERNAL_ERROR",
+    }.items()
+}
+
+
+def build_api(app: Conveyor) -> FastAPI:
+    """The REST API over ``app``: routes, error envelope, auth (when tokens are configured)
+    and OpenAPI at ``/openapi.json`` and ``/api/v1/openapi.json`` with docs UI at ``/docs``."""
+    api = FastAPI(
+        title="Conveyor",
+        version=__version__,
+        description="Job queue and workflow orchestration; RustQueue-compatible REST API. Every error is "
+        '`{"ok": false, "error": {"code", "message", "details"}}`.',
+        responses=ERROR_RESPONSES,
+    )
+    api.state.conveyor = app
+    api.state.max_body_bytes = app.settings.max_body_bytes
+    api.include_router(router)
+    api.include_router(public_router)
+    install_error_handlers(api)
+    auth = TokenAuth(app.settings.auth_tokens)
+    if auth.enabled:
+        api.add_middleware(BearerAuthMiddleware, auth=auth, public=PUBLIC_PATHS)
+    api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
+    return api
+
+
+def _openapi(api: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the request-body schemas the routes declare themselves."""
+    if api.openapi_schema is None:
+        document = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        _, defs = models_json_schema(
+            [(model, "validation") for model in BODY_SCHEMAS.values()], ref_template="#/components/schemas/{model}"
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for path in document["paths"].values():  # our errors are 400 envelopes, never FastAPI's 422
+            for operation in path.values():
+                operation.get("responses", {}).pop("422", None)
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        for name, schema in defs.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
+        api.openapi_schema = document
+    return api.openapi_schema
