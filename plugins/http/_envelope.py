@@ -1,12 +1,12 @@
 """Every HTTP failure as the one envelope ``{"ok": false, "error": {code, message, details}}``:
-kernel errors, request validation, unknown routes, oversize bodies and unexpected crashes."""
+kernel errors (bad input included: routes validate through the command layer, never through
+FastAPI), unknown routes, oversize bodies and unexpected crashes."""
 
 from __future__ import annotations
 
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -44,17 +44,6 @@ async def _on_conveyor_error(request: Request, exc: Exception) -> JSONResponse:
     return conveyor_error_response(exc)
 
 
-async def _on_request_validation(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"field": ".".join(str(p) for p in err["loc"][1:]) or str(err["loc"][0]), "message": err["msg"]}
-        for err in exc.errors()
-    ]
-    first = errors[0]
-    return error_response("VALIDATION_ERROR", f"{first['field']}: {first['message']}", 400,
-                          {"field": first["field"], "errors": errors})  # fmt: skip
-
-
 async def _on_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _ROUTE_CODES.get(exc.status_code, "VALIDATION_ERROR" if exc.status_code < 500 else "INTERNAL_ERROR")
@@ -71,7 +60,6 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(api: FastAPI) -> None:
     api.add_exception_handler(ConveyorError, _on_conveyor_error)
-    api.add_exception_handler(RequestValidationError, _on_request_validation)
     api.add_exception_handler(StarletteHTTPException, _on_http_exception)
     api.add_exception_handler(Exception, _on_unexpected)
 

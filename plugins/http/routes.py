@@ -3,11 +3,14 @@ kernel command (`conveyor.commands`), which is what the TCP server runs too."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
+from starlette.routing import request_response
 
 from conveyor import __version__, commands, wire
 from conveyor.errors import ValidationError
@@ -15,8 +18,69 @@ from conveyor.models import FlowSpec, JobSpec
 
 from ._body import read_json
 
-router = APIRouter(prefix="/api/v1")
-public_router = APIRouter()
+
+class CommandRoute(APIRoute):
+    """Documented by FastAPI like any route (OpenAPI comes from the endpoint's signature), but
+    run without FastAPI's per-request dependency solving and validation, which cost more than
+    the queue operation itself: the endpoint gets the request, path parameters as strings and
+    query parameters converted here, and the command layer validates everything else, so
+    errors read the same over HTTP and TCP."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        # Starlette's request/response wrapper: FastAPI's adds two exit stacks per request,
+        # which only dependencies with ``yield`` need, and these routes have none.
+        self.app = request_response(self.get_route_handler())
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        endpoint = self.endpoint
+        queries = [(param.name, _converter(param.field_info.annotation)) for param in self.dependant.query_params]
+
+        async def handle(request: Request) -> Response:
+            values: dict[str, Any] = dict(request.path_params)
+            if queries:
+                given = request.query_params
+                for name, convert in queries:
+                    if (raw := given.get(name)) is not None:
+                        values[name] = convert(name, raw)
+            response: Response = await endpoint(request, **values)
+            return response
+
+        return handle
+
+
+def _converter(annotation: Any) -> Callable[[str, str], Any]:
+    if annotation is int or int in get_args(annotation):
+        return _integer
+    if annotation is str or str in get_args(annotation):
+        return lambda name, raw: raw
+    raise TypeError(f"query parameters are int or str here, not {annotation!r}")
+
+
+def _integer(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer, got {raw[:64]!r}", field=name) from None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": wire.ErrorResponse, "description": description}
+    for status, description in {
+        400: "VALIDATION_ERROR: bad input; `details.field` names it",
+        401: "UNAUTHORIZED: missing or wrong bearer token",
+        404: "JOB_NOT_FOUND (or NOT_FOUND for an unknown route)",
+        409: "INVALID_STATE or DUPLICATE_KEY",
+        413: "VALIDATION_ERROR: a size limit (body, data, metadata, names) was exceeded",
+        415: "VALIDATION_ERROR: the body is not sent as application/json",
+        503: "QUEUE_PAUSED",
+        500: "INTERNAL_ERROR",
+    }.items()
+}
+
+
+router = APIRouter(prefix="/api/v1", route_class=CommandRoute, responses=ERROR_RESPONSES)
+public_router = APIRouter(route_class=CommandRoute, responses=ERROR_RESPONSES)
 
 BODY_SCHEMAS: dict[str, type[BaseModel]] = {}
 """Models documented as request bodies, by component name (added to the OpenAPI document)."""
@@ -81,9 +145,9 @@ async def push(request: Request, queue: str) -> JSONResponse:
 async def pull(
     request: Request,
     queue: str,
-    count: int | None = Query(None, description="Without it or with 1: answer `job`; otherwise `jobs`."),
-    wait_ms: int | None = Query(None, description="Long-poll: wait up to this long (ms) for a job."),
-    worker_id: str | None = Query(None, description="Who holds the claimed jobs."),
+    count: Annotated[int | None, Query(description="Without it or with 1: answer `job`; otherwise `jobs`.")] = None,
+    wait_ms: Annotated[int | None, Query(description="Long-poll: wait up to this long (ms) for a job.")] = None,
+    worker_id: Annotated[str | None, Query(description="Who holds the claimed jobs.")] = None,
 ) -> JSONResponse:
     return await _run(request, "pull", _query(queue=queue, count=count, wait_ms=wait_ms, worker_id=worker_id))
 
@@ -166,8 +230,8 @@ async def resume(request: Request, queue: str) -> JSONResponse:
 async def dlq(
     request: Request,
     queue: str,
-    limit: int | None = Query(None, description="At most this many (default 100, at most 1000)."),
-    offset: int | None = Query(None, description="Skip this many."),
+    limit: Annotated[int | None, Query(description="At most this many (default 100, at most 1000).")] = None,
+    offset: Annotated[int | None, Query(description="Skip this many.")] = None,
 ) -> JSONResponse:
     return await _run(request, "dlq", _query(queue=queue, limit=limit, offset=offset))
 
@@ -196,7 +260,7 @@ async def flow_status(request: Request, flow_id: str) -> JSONResponse:
 
 @public_router.get("/health", response_model=wire.HealthResponse, summary="Liveness (public)")
 @router.get("/health", response_model=wire.HealthResponse, summary="Liveness (public)")
-async def health() -> JSONResponse:
+async def health(request: Request) -> JSONResponse:
     return JSONResponse({"ok": True, "status": "ok", "version": __version__})
 
 

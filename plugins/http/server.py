@@ -57,7 +57,7 @@ class HttpServer:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         config = uvicorn.Config(
-            build_api(self.app), lifespan="off", log_config=None, log_level="warning", access_log=False, server_header=False,
+            build_api(self.app), lifespan="off", log_config=None, log_level="warning", access_log=False, server_header=False, proxy_headers=False,
             timeout_graceful_shutdown=settings.shutdown_grace_s or None, backlog=2048,
         )  # fmt: skip
         self._server = _EmbeddedUvicorn(config, lambda: ready(f"http://{shown}:{port}"))

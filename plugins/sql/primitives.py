@@ -12,6 +12,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -306,11 +307,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     Rows are keyed by their encoded id (a str on SQLite, whose hash is cached) on this path."""
     cur, d = _cursor(conn)
     common = encode_values(t.values)
-    extra = sorted(next(iter(t.per_id.values()))) if t.per_id else []
-    sets = [f"{c} = ?" for c in common] + [f"{c} = v.{c}" for c in extra]
+    extra = tuple(sorted(next(iter(t.per_id.values())))) if t.per_id else ()
     states = [s.value for s in t.from_states]
-    owner = f" AND {TABLE}.worker_id = ?" if t.worker_id is not None else ""
-    flag = f"{TABLE}.{t.delete_if}" if t.delete_if else "NULL"
     keys = [d.encode_id(i) for i in ids]
     unique = dict(zip(keys, ids, strict=True))  # first occurrence of each id, in order
     if d.postgres:
@@ -318,6 +316,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
         # modify_jobs does, so concurrent batches and sweeps never deadlock on each other.
         _lock_in_order(cur, d, sorted(unique.values()))
     done: dict[Any, tuple[str, bool]] = {}
+    parents: list[UUID] = []  # changed jobs with dependents (the only ones worth a release)
     parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
     for start in range(0, len(items), CHUNK):
@@ -328,19 +327,13 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             if extra:
                 own = encode_values(t.per_id.get(job_id, {}))
                 params += [own.get(c) for c in extra]
-        rows = ", ".join([f"({d.placeholders(1 + len(extra))})"] * len(chunk))
-        cur.execute(
-            d.sql(
-                f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {rows}) "
-                f"UPDATE {TABLE} SET {', '.join(sets)} FROM v "
-                f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(len(states))}){owner} "
-                f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}, {TABLE}.metadata, {TABLE}.flow_id"
-            ),
-            # placeholder order: WITH rows, SET, states, owner
-            [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])],
-        )
-        for key, queue, delete, meta_text, flow_id in cur.fetchall():
+        sql = _transition_sql(d, len(chunk), extra, tuple(common), len(states), t.worker_id is not None, t.delete_if)
+        # placeholder order: WITH rows, SET, states, owner
+        cur.execute(sql, [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])])
+        for key, queue, delete, meta_text, flow_id, has_children in cur.fetchall():
             done[key] = (queue, bool(delete))
+            if has_children:
+                parents.append(unique[key])
             if t.follow_ups is not None and meta_text is not None and '"follow_ups"' in meta_text:
                 parents_meta[key] = (json.loads(meta_text), flow_id)
     spawned = _spawn_follow_ups(conn, t, unique, parents_meta)
@@ -368,11 +361,34 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             )
     woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
     woken |= {job.queue for jobs in spawned.values() for job in jobs}  # may be spurious: harmless
-    if t.children.release:
-        woken |= _release_children(cur, d, list(unique.values()), t.children.at_ms)
+    if t.children.release and parents:
+        woken |= _release_children(cur, d, sorted(parents), t.children.at_ms)
     if t.children.cascade_error:
         raise StorageError("a Transition cannot cascade: use a Decide for changes that kill jobs")
     return results, woken
+
+
+@lru_cache(maxsize=512)
+def _transition_sql(
+    d: Dialect,
+    rows: int,
+    extra: tuple[str, ...],
+    common: tuple[str, ...],
+    states: int,
+    owner: bool,
+    delete_if: str | None,
+) -> str:
+    values = ", ".join([f"({d.placeholders(1 + len(extra))})"] * rows)
+    sets = [f"{c} = ?" for c in common] + [f"{c} = v.{c}" for c in extra]
+    flag = f"{TABLE}.{delete_if}" if delete_if else "NULL"
+    return d.sql(
+        f"WITH v(id{''.join(', ' + c for c in extra)}) AS (VALUES {values}) "
+        f"UPDATE {TABLE} SET {', '.join(sets)} FROM v "
+        f"WHERE {TABLE}.id = v.id AND {TABLE}.state IN ({d.placeholders(states)})"
+        f"{f' AND {TABLE}.worker_id = ?' if owner else ''} "
+        f"RETURNING {TABLE}.id, {TABLE}.queue, {flag}, {TABLE}.metadata, {TABLE}.flow_id, "
+        f"EXISTS (SELECT 1 FROM {DEPS} WHERE {DEPS}.parent_id = {TABLE}.id)"
+    )
 
 
 def _spawn_follow_ups(

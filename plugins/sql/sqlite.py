@@ -38,6 +38,8 @@ from .base import Primitive, SqlStorage
 from .primitives import ensure_schema
 
 T = TypeVar("T")
+Outcome = tuple[bool, Any] | None
+"""(ok, value or error) for an op that ran; None for one whose caller left before it ran."""
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 512
@@ -196,7 +198,7 @@ class SqliteStorage(SqlStorage):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[tuple[bool, Any] | None]:
+    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[Outcome]:
         """Run ``group`` in one transaction, each op in its own savepoint; None for an op whose
         caller was cancelled before it ran (it is skipped, so a cancelled pull claims nothing).
 
@@ -204,24 +206,14 @@ class SqliteStorage(SqlStorage):
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
         afterwards; its begin and rollback are no-ops on this autocommit-mode connection."""
         raw: Any = conn.connection.driver_connection
-        outcomes: list[tuple[bool, Any] | None] = []
         try:
             await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
-                live = [op for op in group if not op.future.done()]  # re-checked after any lock wait
-                for op in group:
-                    if op.future.done():
-                        outcomes.append(None)
-                    elif len(live) == 1:
-                        outcomes.append((True, op.fn(conn, *op.args)))
-                    else:
-                        raw.execute("SAVEPOINT op")
-                        try:
-                            outcomes.append((True, op.fn(conn, *op.args)))
-                        except Exception as exc:  # noqa: BLE001 - reported to that caller
-                            raw.execute("ROLLBACK TO op")
-                            outcomes.append((False, _translate(exc)))
-                        raw.execute("RELEASE op")
+                outcomes = self._run_group(conn, raw, group, isolated=False)
+                if outcomes is None:  # an op failed: undo the group, rerun each op in a savepoint
+                    raw.execute("ROLLBACK")
+                    await self._begin(raw, read_only=False)
+                    outcomes = self._run_group(conn, raw, group, isolated=True)
                 raw.execute("COMMIT")
             finally:
                 if raw.in_transaction:
@@ -233,6 +225,36 @@ class SqliteStorage(SqlStorage):
             if len(group) > 1 and not isinstance(error, ConveyorError):
                 log.error("sqlite group commit failed: %s", exc)
             return [(False, error)] * len(group)
+        assert outcomes is not None
+        return outcomes
+
+    @staticmethod
+    def _run_group(conn: Connection, raw: Any, group: list[_Op], *, isolated: bool) -> list[Outcome] | None:
+        """Run the group's live ops in order. Optimistically (``isolated=False``) without
+        savepoints, which cost two statements per op: None as soon as one op fails, and the
+        caller reruns the group isolated, where a failing op is rolled back to its own
+        savepoint and reported to its caller alone. Ops only read and write the database,
+        so running them again after the rollback is safe."""
+        outcomes: list[Outcome] = []
+        live = sum(1 for op in group if not op.future.done())  # re-checked after any lock wait
+        for op in group:
+            if op.future.done():
+                outcomes.append(None)
+            elif live == 1:  # its failure rolls back the whole transaction, which is only its own
+                outcomes.append((True, op.fn(conn, *op.args)))
+            elif not isolated:
+                try:
+                    outcomes.append((True, op.fn(conn, *op.args)))
+                except Exception:  # noqa: BLE001 - rerun isolated, where it is reported to its caller
+                    return None
+            else:
+                raw.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op.fn(conn, *op.args)))
+                except Exception as exc:  # noqa: BLE001 - reported to that caller
+                    raw.execute("ROLLBACK TO op")
+                    outcomes.append((False, _translate(exc)))
+                raw.execute("RELEASE op")
         return outcomes
 
 

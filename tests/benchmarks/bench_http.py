@@ -60,16 +60,42 @@ class Connection:
         self.writer.close()
 
 
-def start_server(storage: str) -> tuple[subprocess.Popen[str], str, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "serve", "--storage", storage, "--http-port", "0", "--tcp-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+BARE_ASGI = """
+import socket, sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"11")]})
+        await send({"type": "http.response.body", "body": b'{"ok":true}'})
+sock = socket.create_server(("127.0.0.1", 0))
+print("http listening on http://127.0.0.1:%d" % sock.getsockname()[1], flush=True)
+uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, loop="uvloop")).run(sockets=[sock])
+"""
+
+
+def start_server(storage: str | None) -> tuple[subprocess.Popen[str], str, int]:
+    """``conveyor serve`` on ``storage``; with None, a bare uvicorn app (the machine's floor)."""
+    command = ["-c", BARE_ASGI] if storage is None else ["-m", "conveyor", "serve", "--storage", storage,
+                                                         "--http-port", "0", "--tcp-port", "0"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         if match := re.search(r"http listening on http://([\d.]+):(\d+)", line):
             return proc, match.group(1), int(match.group(2))
     raise SystemExit(f"server did not start (exit {proc.wait()})")
+
+
+async def baseline(clients: int) -> None:
+    proc, host, port = start_server(None)
+    try:
+        conns = [await Connection.open(host, port) for _ in range(clients)]
+        rate = await phase(conns, 8000, lambda c, i: c.request("GET", "/"))
+        print(f"  base | bare uvicorn ASGI app       {rate:>9,.0f} req/s  (the machine's floor for this client)")
+        for conn in conns:
+            await conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
 
 
 async def phase(conns: list[Connection], total: int, op: Any) -> float:
@@ -86,6 +112,7 @@ async def phase(conns: list[Connection], total: int, op: Any) -> float:
 
 
 async def run(storage: str, jobs: int, clients: int) -> None:
+    await baseline(clients)
     proc, host, port = start_server(storage)
     try:
         conns = [await Connection.open(host, port) for _ in range(clients)]
