@@ -6,8 +6,10 @@ The public API is re-exported here; modules prefixed with ``_`` are private.
 from . import commands, wire
 from ._version import __version__
 from .app import Conveyor
+from .client import Client, SyncClient, connect, connect_sync
 from .config import Settings
 from .errors import (
+    ClientConnectionError,
     ConveyorError,
     DuplicateKeyError,
     InvalidStateError,
@@ -52,7 +54,7 @@ from .sync import SyncConveyor
 from .workers import WorkerRegistry
 
 __all__ = [
-    "__version__", "AckItem", "AckResult", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
+    "__version__", "AckItem", "AckResult", "Client", "ClientConnectionError", "SyncClient", "connect", "connect_sync", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
     "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",

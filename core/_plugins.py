@@ -15,6 +15,7 @@ from .errors import PluginError
 BUILTIN_PLUGINS: dict[str, str] = {
     "sql": "conveyor.plugins.sql",
     "http": "conveyor.plugins.http",
+    "tcp": "conveyor.plugins.tcp",
 }
 """Built-in plugins by short name; block one with ``disable_plugins=["sql"]``."""
 

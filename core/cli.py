@@ -1,9 +1,9 @@
-"""The ``conveyor`` command: ``serve`` (server mode), ``db upgrade`` and ``queues``."""
+"""The ``conveyor`` command: ``serve`` (server mode), ``db upgrade``, and client commands
+(``push``, ``get``, ``stats``, ``queues``, ``dlq``, ``pause``, ``resume``, ``flow``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from . import _cli_client
 from .app import Conveyor
 from .config import Settings
 from .errors import ConveyorError
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_subparsers(dest="db_command", required=True).add_parser(
         "upgrade", parents=[common], help="create or migrate the schema"
     )
-    commands.add_parser("queues", parents=[common], help="list queues with counts (embedded storage)")
+    _cli_client.add_parsers(commands)
     return parser
 
 
@@ -61,12 +62,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         await serve(_settings(args))
         return 0
+    if args.command in _cli_client.COMMANDS:
+        return await _cli_client.run(args)
     settings = _settings(args, maintenance=False)
-    async with Conveyor(settings=settings) as app:
-        if args.command == "db":
-            print(f"schema up to date: {settings.storage}")
-        elif args.command == "queues":
-            print(json.dumps([q.model_dump() for q in await app.queues()], indent=2))
+    async with Conveyor(settings=settings):
+        print(f"schema up to date: {settings.storage}")
     return 0
 
 
@@ -80,7 +80,9 @@ def _backend_options() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:
         return anyio.run(_run, args, backend_options=_backend_options())
     except KeyboardInterrupt:

@@ -53,8 +53,16 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Bearer tokens accepted by HTTP and TCP (comma-separated in the environment). Empty: auth is off.",
     )
-    max_body_bytes: int = Field(
-        2 * 1024 * 1024, ge=1024, description="Largest HTTP request body; larger ones get 413 unread."
+    max_request_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1024,
+        description="Largest HTTP request body or TCP request line; larger ones are refused unread.",
+    )
+    tcp_idle_timeout_s: float = Field(
+        300.0, gt=0, description="A TCP connection that sends no request for this long is closed."
+    )
+    tcp_request_timeout_s: float = Field(
+        30.0, gt=0, description="A TCP client must finish a request line, and accept a reply, within this."
     )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."

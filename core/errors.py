@@ -104,6 +104,14 @@ class UnknownCommandError(ConveyorError):
     http_status = 400
 
 
+class ClientConnectionError(ConveyorError):
+    """A client could not reach the server, or lost the connection before the reply. The
+    request may or may not have run; the client reconnects on its next call."""
+
+    code = "CONNECTION_ERROR"
+    http_status = 503
+
+
 class StorageError(ConveyorError):
     """A backend failure, translated at the storage boundary."""
 
@@ -136,8 +144,8 @@ def error_for_code(
 ) -> ConveyorError:
     """Rebuild the exception a server raised from its wire envelope."""
     cls = _BY_CODE.get(code, ConveyorError)
-    if cls is ValidationError and http_status == 413:
-        cls = LimitExceededError
+    if cls is ValidationError and (http_status == 413 or "limit" in (details or {})):
+        cls = LimitExceededError  # size-limit errors carry their limit (TCP has no status to tell)
     if issubclass(cls, ValidationError):
         return cls(message, field=(details or {}).get("field"), details=details)
     return cls(message, details=details)

@@ -44,7 +44,7 @@ def build_api(app: Conveyor) -> FastAPI:
         '`{"ok": false, "error": {"code", "message", "details"}}`.',
     )
     api.state.conveyor = app
-    api.state.max_body_bytes = app.settings.max_body_bytes
+    api.state.max_request_bytes = app.settings.max_request_bytes
     api.router.routes.extend([*router.routes, *public_router.routes])  # flat: matched without nesting
     install_error_handlers(api)
     auth = TokenAuth(app.settings.auth_tokens)

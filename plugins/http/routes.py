@@ -102,7 +102,7 @@ async def _run(request: Request, name: str, params: dict[str, Any], status: int 
 
 
 async def _body_of(request: Request) -> Any:
-    return await read_json(request, request.app.state.max_body_bytes)
+    return await read_json(request, request.app.state.max_request_bytes)
 
 
 def _merge(body: Any, **path: Any) -> dict[str, Any]:

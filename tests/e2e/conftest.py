@@ -45,7 +45,7 @@ class Served:
             self.lines.append(line.rstrip("\n"))
             if match := LISTENING.search(line):
                 self.addresses[match.group(1)] = match.group(2)
-                if "http" in self.addresses:
+                if {"http", "tcp"} <= self.addresses.keys():
                     self._listening.set()
         self._listening.set()  # the process ended
 
@@ -55,7 +55,7 @@ class Served:
 
     def wait_listening(self, timeout: float = 60) -> str:
         self._listening.wait(timeout)
-        if "http" not in self.addresses:
+        if not {"http", "tcp"} <= self.addresses.keys():
             self.proc.kill()
             raise AssertionError(f"conveyor serve {' '.join(self.args)} did not listen:\n{self.output}")
         return self.addresses["http"]

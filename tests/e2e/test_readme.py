@@ -54,7 +54,7 @@ def test_cli_db_upgrade_and_bad_storage(tmp_path: Path) -> None:
     )  # fmt: skip
     assert ok.returncode == 0 and "schema up to date" in ok.stdout, ok.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "conveyor", "--storage", "nope://x", "queues"],
+        [sys.executable, "-m", "conveyor", "queues", "--url", "nope://x"],
         capture_output=True,
         text=True,
         timeout=60,

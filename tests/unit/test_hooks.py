@@ -90,7 +90,11 @@ async def test_hook_conveyor_protocols() -> None:
     server = FakeServer()
     plugin = ProtocolPlugin(server)
     app = Conveyor(
-        "sqlite:///:memory:", plugins=[plugin], plugin_autoload=False, maintenance=False, disable_plugins=["http"]
+        "sqlite:///:memory:",
+        plugins=[plugin],
+        plugin_autoload=False,
+        maintenance=False,
+        disable_plugins=["http", "tcp"],
     )
     try:
         async with app:

@@ -1,0 +1,182 @@
+"""`Client`: the embedded API's methods, run by a remote server through a transport."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from ..errors import JobNotFoundError, ValidationError
+from ..models import (
+    AckItem,
+    AckResult,
+    FailOutcome,
+    FlowSpec,
+    FlowStatus,
+    FlowSubmitted,
+    Job,
+    JobSpec,
+    QueueCounts,
+    QueueInfo,
+)
+
+
+class Transport(Protocol):
+    """Sends one command and returns its success reply; raises the `ConveyorError` a failure
+    reply names (rebuilt with `error_for_code`), or `ClientConnectionError`."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def call(self, cmd: str, params: dict[str, Any], wait_s: float = 0) -> dict[str, Any]:
+        """``wait_s``: how long the server may hold the request on purpose (long-poll), on
+        top of the transport's own timeout."""
+        ...
+
+
+def _jsonable(value: Any, field: str) -> Any:
+    """``value`` as the JSON the server will parse; what cannot be JSON is refused here, by
+    name, as the embedded API refuses it."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    try:
+        return json.loads(json.dumps(value, default=_encode_default, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from None
+
+
+def _encode_default(value: Any) -> Any:
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _id(job_id: UUID | str) -> str:
+    return str(job_id)
+
+
+class Client:
+    """A hosted Conveyor with the embedded API (same names, arguments, results and errors).
+
+    Get one with ``conveyor.connect("http://host:6790")`` or ``"tcp://host:6789"``, and use it
+    as ``async with``.
+    """
+
+    def __init__(self, transport: Transport, url: str) -> None:
+        self.transport = transport
+        self.url = url
+
+    async def open(self) -> Self:
+        await self.transport.open()
+        return self
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def _call(self, cmd: str, wait_s: float = 0, **params: Any) -> dict[str, Any]:
+        sent = {key: _jsonable(value, key) for key, value in params.items() if value is not None}
+        return await self.transport.call(cmd, sent, wait_s)
+
+    # -- jobs ----------------------------------------------------------------------------------
+
+    async def push(self, queue: str, name: str, data: Any = None, *, options: Any = None, **flat_options: Any) -> UUID:
+        body: dict[str, Any] = {"name": name, "data": data, **flat_options}
+        if options is not None:
+            body["options"] = options
+        return await self.push_job(queue, body)
+
+    async def push_job(self, queue: str, job: JobSpec | dict[str, Any]) -> UUID:
+        body = _jsonable(job, "job")
+        if not isinstance(body, dict):
+            raise ValidationError("job must be an object", field="job")
+        if body.get("queue", queue) != queue:
+            raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
+        reply = await self.transport.call("push", {**body, "queue": queue})
+        return UUID(reply["id"])
+
+    async def push_batch(self, queue: str, jobs: Sequence[JobSpec | dict[str, Any]]) -> list[UUID]:
+        reply = await self._call("push_batch", queue=queue, jobs=list(jobs))
+        return [UUID(job_id) for job_id in reply["ids"]]
+
+    async def pull(self, queue: str, count: int = 1, *, worker_id: str | None = None, wait_ms: int = 0) -> list[Job]:
+        wait_s = wait_ms / 1000 if isinstance(wait_ms, int) and wait_ms > 0 else 0
+        reply = await self._call("pull", wait_s, queue=queue, count=count, worker_id=worker_id, wait_ms=wait_ms or None)
+        jobs = reply.get("jobs")
+        if jobs is None:
+            jobs = [reply["job"]] if reply.get("job") is not None else []
+        return [Job.model_validate(job) for job in jobs]
+
+    async def ack(self, job_id: UUID | str, result: Any = None, *, worker_id: str | None = None) -> None:
+        await self._call("ack", id=_id(job_id), result=result, worker_id=worker_id)
+
+    async def ack_batch(
+        self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
+    ) -> list[AckResult]:
+        reply = await self._call("ack_batch", items=list(items), worker_id=worker_id)
+        return [AckResult.model_validate(result) for result in reply["results"]]
+
+    async def fail(self, job_id: UUID | str, error: str, *, worker_id: str | None = None) -> FailOutcome:
+        reply = await self._call("fail", id=_id(job_id), error=error, worker_id=worker_id)
+        return FailOutcome.model_validate({**reply, "id": _id(job_id)})
+
+    async def cancel(self, job_id: UUID | str) -> None:
+        await self._call("cancel", id=_id(job_id))
+
+    async def progress(
+        self, job_id: UUID | str, progress: int | float, message: str | None = None, *, worker_id: str | None = None
+    ) -> None:
+        await self._call("progress", id=_id(job_id), progress=progress, message=message, worker_id=worker_id)
+
+    async def heartbeat(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
+        await self._call("heartbeat", id=_id(job_id), worker_id=worker_id)
+
+    # -- read and manage -----------------------------------------------------------------------
+
+    async def get(self, job_id: UUID | str) -> Job | None:
+        try:
+            reply = await self._call("get", id=_id(job_id))
+        except JobNotFoundError:
+            return None
+        return Job.model_validate(reply["job"])
+
+    async def stats(self, queue: str) -> QueueCounts:
+        return QueueCounts.model_validate((await self._call("stats", queue=queue))["counts"])
+
+    async def queues(self) -> list[QueueInfo]:
+        return [QueueInfo.model_validate(info) for info in (await self._call("queues"))["queues"]]
+
+    async def pause(self, queue: str) -> None:
+        await self._call("queue_pause", queue=queue)
+
+    async def resume(self, queue: str) -> None:
+        await self._call("queue_resume", queue=queue)
+
+    async def dlq(self, queue: str, limit: int = 100, offset: int = 0) -> list[Job]:
+        reply = await self._call("dlq", queue=queue, limit=limit, offset=offset)
+        return [Job.model_validate(job) for job in reply["jobs"]]
+
+    async def flow(self, flow_id: str) -> FlowStatus:
+        reply = await self._call("flow", flow_id=flow_id)
+        return FlowStatus.model_validate(reply)
+
+    async def submit_flow(self, flow: FlowSpec | dict[str, Any]) -> FlowSubmitted:
+        body = _jsonable(flow, "flow")
+        if not isinstance(body, dict):
+            raise ValidationError("flow must be an object with steps", field="flow")
+        reply = await self.transport.call("submit_flow", body)
+        return FlowSubmitted.model_validate(reply)

@@ -1,0 +1,93 @@
+"""`HttpTransport`: each command as its REST route (DESIGN.md §5), over one pooled httpx client."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import ClientConnectionError, ValidationError, error_for_code
+
+
+def _path(value: Any, field: str) -> str:
+    """A path segment; an empty one cannot be sent, so it is refused here as the server
+    would refuse it."""
+    if value is None or value == "":
+        raise ValidationError(f"{field} must be a non-empty string", field=field)
+    return quote(str(value), safe="")
+
+
+def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] | None]:
+    """(method, path, JSON body or None, query) for a command; ``p`` loses what goes in the path."""
+    if cmd in ("push", "push_batch", "pull", "stats", "queue_pause", "queue_resume", "dlq"):
+        queue = _path(p.pop("queue", None), "queue")
+        if cmd == "push":
+            return "POST", f"/queues/{queue}/jobs", p, None
+        if cmd == "push_batch":
+            return "POST", f"/queues/{queue}/jobs", p.get("jobs"), None
+        if cmd in ("pull", "dlq"):
+            return "GET", f"/queues/{queue}/{'jobs' if cmd == 'pull' else 'dlq'}", None, p
+        if cmd == "stats":
+            return "GET", f"/queues/{queue}/stats", None, None
+        return "POST", f"/queues/{queue}/{cmd.removeprefix('queue_')}", None, None
+    if cmd in ("ack", "fail", "cancel", "progress", "heartbeat", "get"):
+        job = _path(p.pop("id", None), "id")
+        if cmd == "get":
+            return "GET", f"/jobs/{job}", None, None
+        return "POST", f"/jobs/{job}/{cmd}", p or None, None
+    if cmd == "ack_batch":
+        return "POST", "/jobs/ack-batch", p, None
+    if cmd == "queues":
+        return "GET", "/queues", None, None
+    if cmd == "flow":
+        return "GET", f"/flows/{_path(p.get('flow_id'), 'flow_id')}", None, None
+    if cmd == "submit_flow":
+        return "POST", "/flows", p, None
+    raise ValueError(f"no HTTP route for command {cmd!r}")
+
+
+class HttpTransport:
+    """Keep-alive connections to ``base_url`` (``http://host:6790``), bearer ``token`` when
+    given. httpx reconnects by itself; a failed request raises `ClientConnectionError`."""
+
+    def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        self._headers = headers
+        self._client: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url + "/api/v1", headers=self._headers, timeout=self.timeout_s,
+            limits=httpx.Limits(max_keepalive_connections=64, max_connections=256),
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def call(self, cmd: str, params: dict[str, Any], wait_s: float = 0) -> dict[str, Any]:
+        if self._client is None:
+            raise ClientConnectionError("client is not open: use 'async with conveyor.connect(...)'")
+        method, path, body, query = _route(cmd, dict(params))
+        try:
+            response = await self._client.request(
+                method, path, json=body, params=query, timeout=self.timeout_s + wait_s
+            )
+        except httpx.HTTPError as exc:
+            raise ClientConnectionError(f"{method} {self.base_url}{path} failed: {exc!r}") from None
+        try:
+            reply = response.json()
+        except ValueError:
+            reply = None
+        if response.is_success and isinstance(reply, dict):
+            return reply
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if not isinstance(error, dict):
+            error = {"code": "INTERNAL_ERROR", "message": f"HTTP {response.status_code}: {response.text[:200]}"}
+        raise error_for_code(
+            str(error.get("code")), str(error.get("message")), error.get("details"), response.status_code
+        )

@@ -1,0 +1,159 @@
+"""TCP end to end: a real ``conveyor serve`` process and the line protocol.
+
+Not part of the test run. Numbers go to tests/benchmarks/RESULTS.md.
+
+    .venv/bin/python tests/benchmarks/bench_tcp.py [--jobs N] [--storage URL] [--backend sqlite|postgres]
+
+Batched: ``push_batch`` of 50, then ``pull`` count 50 + ``ack_batch`` of 50 until drained, with
+1 and 4 connections; reported as jobs/s for the push phase, the drain phase, and the whole
+cycle (every job pushed, pulled and acked: jobs / (push time + drain time)). Single ops: one
+job per request (push, pull, ack) from 16 connections. Then the batched cycle again through
+the Python client (`conveyor.connect("tcp://...")`), to show what the library costs. The raw
+client is minimal asyncio streams with pipelining off (one request in flight per connection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_http import start_server  # noqa: E402
+
+import conveyor  # noqa: E402
+
+PG_URL = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BATCH = 50
+
+
+class Line:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> Line:
+        return cls(*await asyncio.open_connection(host, port, limit=16 * 1024 * 1024))
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.writer.write(json.dumps(request).encode() + b"\n")
+        reply = json.loads(await self.reader.readline())
+        if not reply["ok"]:
+            raise RuntimeError(reply)
+        return reply
+
+
+async def batched(conns: list[Line], jobs: int, queue: str) -> tuple[float, float]:
+    per = jobs // len(conns) // BATCH
+
+    async def push(c: Line) -> None:
+        for i in range(per):
+            await c.call(
+                {
+                    "cmd": "push_batch",
+                    "queue": queue,
+                    "jobs": [{"name": "j", "data": i * BATCH + k} for k in range(BATCH)],
+                }
+            )
+
+    async def drain(c: Line) -> None:
+        while got := (await c.call({"cmd": "pull", "queue": queue, "count": BATCH}))["jobs"]:
+            await c.call({"cmd": "ack_batch", "items": [{"id": j["id"], "result": j["data"]} for j in got]})
+
+    t = time.perf_counter()
+    await asyncio.gather(*(push(c) for c in conns))
+    pushed = time.perf_counter() - t
+    t = time.perf_counter()
+    await asyncio.gather(*(drain(c) for c in conns))
+    return pushed, time.perf_counter() - t
+
+
+async def single(conns: list[Line], jobs: int, queue: str) -> dict[str, float]:
+    per = jobs // len(conns)
+    ids: list[str] = []
+
+    async def phase(op: Any) -> float:
+        t = time.perf_counter()
+        await asyncio.gather(*(op(c, k) for k, c in enumerate(conns)))
+        return per * len(conns) / (time.perf_counter() - t)
+
+    async def push(c: Line, k: int) -> None:
+        for i in range(per):
+            ids.append((await c.call({"cmd": "push", "queue": queue, "name": "j", "data": i}))["id"])
+
+    async def pull(c: Line, k: int) -> None:
+        for _ in range(per):
+            await c.call({"cmd": "pull", "queue": queue})
+
+    async def ack(c: Line, k: int) -> None:
+        for job_id in ids[k * per : (k + 1) * per]:
+            await c.call({"cmd": "ack", "id": job_id})
+
+    return {"push": await phase(push), "pull": await phase(pull), "ack": await phase(ack)}
+
+
+async def library(url: str, jobs: int, queue: str) -> tuple[float, float]:
+    async with conveyor.connect(url) as q:
+        t = time.perf_counter()
+        for i in range(jobs // BATCH):
+            await q.push_batch(queue, [{"name": "j", "data": i * BATCH + k} for k in range(BATCH)])
+        pushed = time.perf_counter() - t
+        t = time.perf_counter()
+        while got := await q.pull(queue, BATCH):
+            await q.ack_batch([{"id": j.id, "result": j.data} for j in got])
+        return pushed, time.perf_counter() - t
+
+
+def report(label: str, jobs: int, pushed: float, drained: float) -> None:
+    print(f"  {label:<26} push {jobs / pushed:>8,.0f}/s  drain {jobs / drained:>8,.0f}/s  "
+          f"cycle {jobs / (pushed + drained):>8,.0f} jobs/s")  # fmt: skip
+
+
+async def run(storage: str, jobs: int) -> None:
+    proc, host, _ = start_server(storage)
+    assert proc.stdout is not None
+    tcp = next(line for line in proc.stdout if "tcp listening" in line).split("tcp://")[1].strip()
+    port = int(tcp.rsplit(":", 1)[1])
+    try:
+        for n in (1, 4):
+            conns = [await Line.open(host, port) for _ in range(n)]
+            report(f"batches of {BATCH}, {n} conn", jobs, *await batched(conns, jobs, f"b{n}-{uuid.uuid4().hex[:6]}"))
+        conns = [await Line.open(host, port) for _ in range(16)]
+        rates = await single(conns, min(jobs, 8000), f"s-{uuid.uuid4().hex[:6]}")
+        print("  single ops, 16 conns       " + "  ".join(f"{k} {v:,.0f}/s" for k, v in rates.items()))
+        report(f"python client, batches {BATCH}", jobs, *await library(f"tcp://{host}:{port}", jobs, "lib"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.backend == "postgres":
+            storage = f"{PG_URL}?schema=bench_{uuid.uuid4().hex[:8]}"
+        else:
+            storage = f"sqlite:///{tmp}/bench.db"
+        print(f"storage: {storage}")
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(run(storage, args.jobs))
+
+
+if __name__ == "__main__":
+    main()
