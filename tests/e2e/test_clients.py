@@ -1,0 +1,100 @@
+"""`conveyor.connect` clients against real servers: pipelining, reconnect, timeouts, auth,
+the blocking form, and errors rebuilt as the kernel's exception classes."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import conveyor
+from conveyor import ClientConnectionError, InvalidStateError, LimitExceededError, UnauthorizedError
+
+from .conftest import serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    served = serve(f"sqlite:///{tmp_path_factory.mktemp('clients') / 'c.db'}", "--auth-token", "k")
+    yield served
+    assert served.stop() == 0, served.output
+
+
+async def test_one_tcp_connection_pipelines_concurrent_calls(server: Any) -> None:
+    async with conveyor.connect(server.addresses["tcp"], token="k") as q:
+        ids: list[Any] = []
+
+        async def push(i: int) -> None:
+            ids.append((i, await q.push("pipe", "p", i)))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(500):
+                tg.start_soon(push, i)
+        assert len({job_id for _, job_id in ids}) == 500
+        jobs = await q.pull("pipe", 1000)
+        assert sorted(job.data for job in jobs) == list(range(500))
+        results = await q.ack_batch([{"id": job.id} for job in jobs])
+        assert all(r.ok for r in results)
+
+
+@pytest.mark.parametrize("transport", ["http", "tcp"])
+async def test_errors_are_the_kernel_classes(server: Any, transport: str) -> None:
+    async with conveyor.connect(server.addresses[transport], token="k") as q:
+        job_id = await q.push("errs", "e")
+        with pytest.raises(InvalidStateError):
+            await q.ack(job_id)
+        with pytest.raises(LimitExceededError) as err:
+            await q.push("errs", "big", "x" * (1024 * 1024 + 1))
+        assert err.value.field == "data"
+        assert await q.get("00000000-0000-7000-8000-000000000000") is None
+    async with conveyor.connect(server.addresses[transport], token="wrong") as q:
+        with pytest.raises(UnauthorizedError):
+            await q.queues()
+
+
+async def test_unreachable_and_silent_servers_fail_fast_and_clearly() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    for url in (f"tcp://127.0.0.1:{port}", f"http://127.0.0.1:{port}"):
+        async with conveyor.connect(url, timeout_s=5) as q:
+            with pytest.raises(ClientConnectionError):
+                await q.queues()
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        async with conveyor.connect(f"tcp://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.5) as q:
+            with pytest.raises(ClientConnectionError, match="no reply"):
+                await q.queues()
+
+
+async def test_the_tcp_client_reconnects_after_a_server_restart(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    first = serve(db)
+    port = first.addresses["tcp"].rsplit(":", 1)[1]
+    async with conveyor.connect(first.addresses["tcp"]) as q:
+        kept = await q.push("r", "before")
+        assert first.stop() == 0
+        with pytest.raises(ClientConnectionError):
+            await q.queues()  # the connection it had is gone
+        second = serve(db, "--tcp-port", port)  # later flag wins over the helper's --tcp-port 0
+        try:
+            job = await q.get(kept)  # a new connection, made by the call
+            assert job is not None and job.name == "before"
+        finally:
+            assert second.stop() == 0, second.output
+
+
+def test_the_blocking_client(server: Any) -> None:
+    with conveyor.connect_sync(server.addresses["tcp"], token="k") as q:
+        job_id = q.push("sync", "s", {"n": 1}, priority=2)
+        [job] = q.pull("sync")
+        assert job.id == job_id and job.data == {"n": 1}
+        q.ack(job.id, "done")
+        assert q.get(job_id).result == "done"
+        assert q.stats("sync").completed == 1
