@@ -15,13 +15,13 @@ import anyio
 import pluggy
 
 from . import _limits as limits
-from . import dag, lifecycle, maintenance
-from ._ids import uuid7
+from . import lifecycle, maintenance
 from ._plugins import make_plugin_manager
 from .config import Settings
 from .errors import PluginError, ValidationError
-from .events import EventDispatcher
+from .events import EventDispatcher, cascade_events, failure_events, job_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
+from .jobs import JobBuilder, prefixed
 from .lifecycle import ms_to_dt
 from .models import (
     AckItem,
@@ -39,7 +39,7 @@ from .models import (
     QueueInfo,
     trusted,
 )
-from .storage import Decide, FollowUps, Modified, Reject, ResolveParents, Skip, Storage, Transition, Update
+from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -78,6 +78,7 @@ class Conveyor:
         )
         self.hook = self.pm.hook
         self.workers = WorkerRegistry()
+        self.jobs = JobBuilder(settings.max_dag_depth)
         self.now_ms: Callable[[], int] = clock or wall_clock_ms
         self._given_storage = storage if isinstance(storage, Storage) else None
         self._storage: Storage | None = None
@@ -193,8 +194,8 @@ class Conveyor:
             if job.pop("queue") != queue:
                 raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
         spec = JobSpec.parse(job)
-        built, text = self._new_job(queue, spec, self.now_ms())
-        await self.storage.insert_jobs([built], [text], self._resolver([built], ["options"]))
+        built, text = self.jobs.build(queue, spec, self.now_ms())
+        await self.storage.insert_jobs([built], [text], self.jobs.resolver([built], ["options"]))
         self._emit_pushed([built])
         return built.id
 
@@ -212,12 +213,12 @@ class Conveyor:
             spec = JobSpec.parse(item, where)
             target = limits.check_queue_name(spec.queue, f"{where}.queue") if spec.queue else queue
             try:
-                built.append(self._new_job(target, spec, now))
+                built.append(self.jobs.build(target, spec, now))
             except ValidationError as exc:
-                raise _prefixed(exc, where) from None
+                raise prefixed(exc, where) from None
         jobs_built = [job for job, _ in built]
         labels = [f"jobs[{i}].options" for i in range(len(built))]
-        await self.storage.insert_jobs(jobs_built, [text for _, text in built], self._resolver(jobs_built, labels))
+        await self.storage.insert_jobs(jobs_built, [text for _, text in built], self.jobs.resolver(jobs_built, labels))
         self._emit_pushed([job for job, _ in built])
         return [job.id for job, _ in built]
 
@@ -227,108 +228,10 @@ class Conveyor:
         Steps refer to each other by ``key`` in ``needs``; ``options.depends_on`` may still name
         existing jobs by id. Every job gets the flow's ``flow_id`` (generated when absent).
         Refuses duplicate or unknown keys, self-dependencies, cycles and over-deep chains."""
-        if isinstance(flow, dict) and isinstance(flow.get("steps"), list):
-            steps = [limits.gather_flat_options(step, f"steps[{i}]") for i, step in enumerate(flow["steps"])]
-            flow = {**flow, "steps": steps}
-        spec = limits.parse(FlowSpec, flow)
-        if len(spec.steps) > limits.MAX_FLOW_JOBS:
-            raise ValidationError(f"steps: at most {limits.MAX_FLOW_JOBS} steps per flow", field="steps")
-        flow_id = spec.flow_id or str(uuid7())
-        limits.check_bytes("flow_id", flow_id, limits.MAX_QUEUE_NAME_BYTES)
-        index: dict[str, int] = {}
-        for i, step in enumerate(spec.steps):
-            if step.key in index:
-                raise ValidationError(f"steps[{i}].key: step key {step.key!r} is used twice", field=f"steps[{i}].key")
-            index[step.key] = i
-        order = dag.dependency_order({step.key: step.needs for step in spec.steps})
-        now = self.now_ms()
-        ids: dict[str, UUID] = {}
-        built: list[tuple[Job, str]] = []
-        labels: list[str] = []
-        for key in order:
-            i = index[key]
-            step, where = spec.steps[i], f"steps[{i}]"
-            if step.options.flow_id not in (None, flow_id):
-                raise ValidationError(
-                    f"{where}.options.flow_id: a step cannot leave its flow", field=f"{where}.options.flow_id"
-                )
-            parents = [*step.options.depends_on, *(ids[other] for other in step.needs)]
-            options = step.options.model_copy(update={"flow_id": flow_id, "depends_on": parents})
-            queue = limits.check_queue_name(step.queue, f"{where}.queue")
-            try:
-                job, text = self._new_job(queue, JobSpec(name=step.name, data=step.data, options=options), now)
-            except ValidationError as exc:
-                raise _prefixed(exc, where) from None
-            ids[key] = job.id
-            built.append((job, text))
-            labels.append(f"{where}.options")
-        jobs = [job for job, _ in built]
-        await self.storage.insert_jobs(jobs, [text for _, text in built], self._resolver(jobs, labels))
+        submitted, jobs, texts, labels = self.jobs.flow(flow, self.now_ms())
+        await self.storage.insert_jobs(jobs, texts, self.jobs.resolver(jobs, labels))
         self._emit_pushed(jobs)
-        return FlowSubmitted(flow_id=flow_id, ids={step.key: ids[step.key] for step in spec.steps})
-
-    def _follow_up_jobs(self, now_ms: int) -> FollowUps:
-        """The spec's chaining rules, run inside the ack's transaction for each parent whose
-        metadata holds ``follow_ups`` (validated when the parent was pushed)."""
-
-        def build(parent_id: UUID, meta: Any, flow_id: str | None, acked: dict[str, Any]) -> Any:
-            built = []
-            inherited = {k: v for k, v in meta.items() if k != "follow_ups"}
-            for i, follow in enumerate(dag.follow_ups_of(meta)):
-                spec = dag.follow_up_spec(follow, parent_id, flow_id, inherited, acked.get("result"))
-                job, text = self._new_job(limits.check_queue_name(follow.queue), spec, now_ms)
-                resolver = dag.parent_resolver([f"metadata.follow_ups[{i}]"], self.settings.max_dag_depth)
-                built.append((job, text, resolver))
-            return built
-
-        return build
-
-    def _check_follow_ups(self, metadata: Any, now_ms: int) -> None:
-        """Refuse at push what would fail at ack: each follow-up is built as the ack would build
-        it (sizes, names, its own nested follow-ups), with a stand-in parent and result."""
-        inherited = {k: v for k, v in metadata.items() if k != "follow_ups"} if isinstance(metadata, dict) else None
-        for i, follow in enumerate(dag.follow_ups_of(metadata)):
-            where = f"options.metadata.follow_ups[{i}]"
-            spec = dag.follow_up_spec(follow, uuid7(), None, inherited, None)
-            try:
-                self._new_job(limits.check_queue_name(follow.queue, f"{where}.queue"), spec, now_ms)
-            except ValidationError as exc:
-                raise _prefixed(exc, where) from None
-
-    def _resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
-        if not any(job.depends_on for job in jobs):
-            return None
-        return dag.parent_resolver(labels, self.settings.max_dag_depth)
-
-    def _new_job(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
-        o = spec.options
-        limits.check_bytes("name", spec.name, limits.MAX_JOB_NAME_BYTES)
-        data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
-        if o.metadata is not None:
-            limits.check_json_bytes("options.metadata", o.metadata, limits.MAX_METADATA_BYTES)
-            self._check_follow_ups(o.metadata, now_ms)
-        if o.unique_key is not None:
-            limits.check_bytes("options.unique_key", o.unique_key, limits.MAX_UNIQUE_KEY_BYTES)
-        if o.custom_id is not None:
-            limits.check_bytes("options.custom_id", o.custom_id, limits.MAX_CUSTOM_ID_BYTES)
-        for i, tag in enumerate(o.tags):
-            limits.check_bytes(f"options.tags[{i}]", tag, limits.MAX_TAG_BYTES)
-        for name in ("group_id", "flow_id"):
-            if (value := getattr(o, name)) is not None:
-                limits.check_bytes(f"options.{name}", value, limits.MAX_QUEUE_NAME_BYTES)
-        now = ms_to_dt(now_ms)
-        delayed = o.delay_ms > 0
-        job = Job.trusted(dict(
-            id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
-            state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
-            delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
-            started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
-            backoff_delay_ms=o.backoff_delay_ms, last_error=None, ttl_ms=o.ttl_ms, timeout_ms=o.timeout_ms,
-            unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=list(dict.fromkeys(o.depends_on)),
-            flow_id=o.flow_id, lifo=o.lifo, remove_on_complete=o.remove_on_complete,
-            remove_on_fail=o.remove_on_fail, worker_id=None, last_heartbeat=None,
-        ))  # fmt: skip
-        return job, data_text
+        return submitted
 
     # -- work ------------------------------------------------------------------------------------
 
@@ -367,10 +270,10 @@ class Conveyor:
         limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
         _check_worker(worker_id)
         now = self.now_ms()
-        transition = lifecycle.ack_transition({job_id: result}, now, worker_id, self._follow_up_jobs(now))
+        transition = lifecycle.ack_transition({job_id: result}, now, worker_id, self.jobs.follow_ups(now))
         done = await self._modify_one(job_id, transition)
         if self.events.active:
-            self._emit([_event("job.completed", done, now), *_spawn_events(done)])
+            self._emit([job_event("job.completed", done, now), *spawn_events(done)])
 
     async def ack_batch(
         self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
@@ -387,7 +290,7 @@ class Conveyor:
         first_results: dict[UUID, Any] = {}
         for job_id, result in valid:
             first_results.setdefault(job_id, result)  # a repeated id is refused, not re-acked
-        transition = lifecycle.ack_transition(first_results, now, worker_id, self._follow_up_jobs(now))
+        transition = lifecycle.ack_transition(first_results, now, worker_id, self.jobs.follow_ups(now))
         outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
         results, events, emitting = [], [], self.events.active
         for index, entry in enumerate(parsed):
@@ -404,8 +307,8 @@ class Conveyor:
             else:
                 results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
                 if emitting:
-                    events.append(_event("job.completed", done, now))
-                    events.extend(_spawn_events(done))
+                    events.append(job_event("job.completed", done, now))
+                    events.extend(spawn_events(done))
         self._emit(events)
         return results
 
@@ -421,7 +324,7 @@ class Conveyor:
         assert done.before is not None
         plan = lifecycle.plan_failure(done.before, error, now)
         if self.events.active:
-            self._emit(_failure_events(done, plan, error, now) + _cascade_events(done, now))
+            self._emit(failure_events(done, plan, error, now) + cascade_events(done, now))
         next_at = ms_to_dt(plan.next_attempt_ms) if plan.next_attempt_ms is not None else None
         return FailOutcome(
             id=job_id, retry=plan.will_retry, will_retry=plan.will_retry, next_attempt_at=next_at, state=plan.state
@@ -433,7 +336,7 @@ class Conveyor:
         now = self.now_ms()
         done = await self._modify_one(job_id, lifecycle.decide_cancel(now))
         if self.events.active:
-            self._emit([_event("job.cancelled", done, now), *_cascade_events(done, now)])
+            self._emit([job_event("job.cancelled", done, now), *cascade_events(done, now)])
 
     async def progress(
         self, job_id: UUID | str, progress: int | float, message: str | None = None, *, worker_id: str | None = None
@@ -451,7 +354,7 @@ class Conveyor:
             data: dict[str, Any] = {"progress": value}
             if message is not None:
                 data["message"] = message
-            self._emit([_event("job.progress", done, now, data)])
+            self._emit([job_event("job.progress", done, now, data)])
 
     async def heartbeat(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
         """Extend an active job's lease so stall detection leaves it alone."""
@@ -521,11 +424,11 @@ class Conveyor:
             if done.before.state is JobState.ACTIVE:
                 error = done.change.values.get("last_error") if isinstance(done.change, Update) else None
                 events.append(
-                    _event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ})
+                    job_event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ})
                 )
             if state is JobState.DLQ:
-                events.append(_event("job.dlq", done, now_ms))
-            events.extend(_cascade_events(done, now_ms))
+                events.append(job_event("job.dlq", done, now_ms))
+            events.extend(cascade_events(done, now_ms))
         self._emit(events)
         return changed
 
@@ -538,50 +441,6 @@ class Conveyor:
             self.events.emit(
                 [Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs]
             )
-
-
-def _event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
-    return trusted(
-        Event,
-        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
-    )
-
-
-def _spawn_events(done: Modified) -> list[Event]:
-    return [
-        trusted(
-            Event,
-            {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}},
-        )
-        for job in done.spawned
-    ]
-
-
-def _cascade_events(done: Modified, now_ms: int) -> list[Event]:
-    """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
-    at = ms_to_dt(now_ms)
-    return [
-        trusted(
-            Event,
-            {"event": "job.dlq", "job_id": job_id, "queue": queue, "timestamp": at, "data": {"cause": str(done.id)}},
-        )
-        for job_id, queue in done.cascaded
-    ]
-
-
-def _failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:
-    assert done.before is not None
-    events = [
-        _event(
-            "job.failed",
-            done,
-            now_ms,
-            {"error": error, "attempt": done.before.attempt + 1, "will_retry": plan.will_retry},
-        )
-    ]
-    if plan.state is JobState.DLQ:
-        events.append(_event("job.dlq", done, now_ms))
-    return events
 
 
 def _check_worker(worker_id: Any) -> None:
@@ -601,11 +460,3 @@ def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError
         return job_id, result
     except ValidationError as exc:
         return exc
-
-
-def _prefixed(exc: ValidationError, where: str) -> ValidationError:
-    """The same error, located inside a batch: ``data is ...`` -> ``jobs[2].data is ...``."""
-    field = f"{where}.{exc.field}" if exc.field else where
-    starts_with_field = exc.field is not None and exc.message.startswith(exc.field)
-    message = f"{where}.{exc.message}" if starts_with_field else f"{where}: {exc.message}"
-    return type(exc)(message, field=field, details={**exc.details, "field": field})

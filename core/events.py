@@ -9,13 +9,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from . import lifecycle
 from .interfaces import EventSink
-from .models import Event
+from .lifecycle import ms_to_dt
+from .models import Event, JobState, trusted
+from .storage import Modified
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
@@ -83,3 +87,50 @@ class EventDispatcher:
         deadline = anyio.current_time() + DRAIN_ON_CLOSE_S
         for scope in self._scopes:
             scope.deadline = deadline
+
+
+# -- the events of one change, built after it committed ---------------------------------------
+
+
+def job_event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
+    return trusted(
+        Event,
+        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
+    )
+
+
+def spawn_events(done: Modified) -> list[Event]:
+    return [
+        trusted(
+            Event,
+            {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}},
+        )
+        for job in done.spawned
+    ]
+
+
+def cascade_events(done: Modified, now_ms: int) -> list[Event]:
+    """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
+    at = ms_to_dt(now_ms)
+    return [
+        trusted(
+            Event,
+            {"event": "job.dlq", "job_id": job_id, "queue": queue, "timestamp": at, "data": {"cause": str(done.id)}},
+        )
+        for job_id, queue in done.cascaded
+    ]
+
+
+def failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:
+    assert done.before is not None
+    events = [
+        job_event(
+            "job.failed",
+            done,
+            now_ms,
+            {"error": error, "attempt": done.before.attempt + 1, "will_retry": plan.will_retry},
+        )
+    ]
+    if plan.state is JobState.DLQ:
+        events.append(job_event("job.dlq", done, now_ms))
+    return events
