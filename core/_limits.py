@@ -106,28 +106,6 @@ def check_optional_text(field: str, value: Any, limit: int) -> str | None:
     return value
 
 
-def gather_flat_options(value: Any, where: str = "") -> Any:
-    """Move option fields given beside ``name``/``data`` under ``options`` (RustQueue clients
-    send them flat); refuse an option given both ways."""
-    from .models import OPTION_FIELDS
-
-    if not isinstance(value, dict):
-        return value
-    flat = {k: v for k, v in value.items() if k in OPTION_FIELDS}
-    if not flat:
-        return value
-    nested = value.get("options")
-    if nested is None:
-        nested = {}
-    if not isinstance(nested, dict):
-        return value  # model validation names `options` as the problem
-    if clash := sorted(flat.keys() & nested.keys()):
-        field = ".".join(p for p in (where, clash[0]) if p)
-        raise ValidationError(f"{field}: option given both flat and under 'options'", field=field)
-    rest = {k: v for k, v in value.items() if k not in OPTION_FIELDS}
-    return {**rest, "options": {**nested, **flat}}
-
-
 def parse(model: type[M], value: Any, what: str = "") -> M:
     """Validate ``value`` into ``model``; errors name the dotted path of the first bad field."""
     if isinstance(value, model):

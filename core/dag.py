@@ -13,7 +13,7 @@ from uuid import UUID
 
 from . import _limits as limits
 from .errors import ValidationError
-from .models import FollowUp, Job, JobSpec, JobState
+from .models import FollowUp, Job, JobSpec, JobState, gather_flat_options
 from .storage import ResolveParents
 
 DEAD = frozenset({JobState.DLQ, JobState.CANCELLED})
@@ -112,7 +112,7 @@ def follow_ups_of(metadata: Any) -> list[FollowUp]:
         raise ValidationError(f"{field} must be a list of follow-up jobs", field=field)
     follow_ups = []
     for i, item in enumerate(raw):
-        follow = limits.parse(FollowUp, limits.gather_flat_options(item, f"{field}[{i}]"), f"{field}[{i}]")
+        follow = limits.parse(FollowUp, gather_flat_options(item, f"{field}[{i}]"), f"{field}[{i}]")
         limits.check_queue_name(follow.queue, f"{field}[{i}].queue")
         follow_ups.append(follow)
     return follow_ups

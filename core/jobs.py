@@ -15,7 +15,7 @@ from . import dag
 from ._ids import uuid7
 from .errors import ValidationError
 from .lifecycle import ms_to_dt
-from .models import FlowSpec, FlowSubmitted, Job, JobSpec, JobState
+from .models import FlowSpec, FlowSubmitted, Job, JobSpec, JobState, gather_flat_options
 from .storage import FollowUps, ResolveParents
 
 
@@ -30,7 +30,7 @@ class JobBuilder:
         refer to each other by ``key``; every job gets the flow's ``flow_id`` (generated when
         absent). Refuses duplicate or unknown keys, self-dependencies and cycles."""
         if isinstance(flow, dict) and isinstance(flow.get("steps"), list):
-            steps = [limits.gather_flat_options(step, f"steps[{i}]") for i, step in enumerate(flow["steps"])]
+            steps = [gather_flat_options(step, f"steps[{i}]") for i, step in enumerate(flow["steps"])]
             flow = {**flow, "steps": steps}
         spec = limits.parse(FlowSpec, flow)
         if len(spec.steps) > limits.MAX_FLOW_JOBS:

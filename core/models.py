@@ -21,6 +21,9 @@ from pydantic import (
     StrictStr,
 )
 
+from ._limits import parse
+from .errors import ValidationError
+
 JsonValue = Any
 
 INT32_MAX = 2**31 - 1
@@ -106,8 +109,6 @@ class JobSpec(_Input):
     @classmethod
     def parse(cls, value: Any, where: str = "") -> JobSpec:
         """Validate a job body whose options may be flat (RustQueue clients) or nested."""
-        from ._limits import gather_flat_options, parse
-
         return parse(cls, gather_flat_options(value, where), where)
 
 
@@ -290,3 +291,23 @@ def normalize_event_name(name: str) -> str:
     if dotted not in EVENT_NAMES:
         raise ValueError(f"unknown event {name!r}; known: {', '.join(EVENT_NAMES)}")
     return dotted
+
+
+def gather_flat_options(value: Any, where: str = "") -> Any:
+    """Move option fields given beside ``name``/``data`` under ``options`` (RustQueue clients
+    send them flat); refuse an option given both ways."""
+    if not isinstance(value, dict):
+        return value
+    flat = {k: v for k, v in value.items() if k in OPTION_FIELDS}
+    if not flat:
+        return value
+    nested = value.get("options")
+    if nested is None:
+        nested = {}
+    if not isinstance(nested, dict):
+        return value  # model validation names `options` as the problem
+    if clash := sorted(flat.keys() & nested.keys()):
+        field = ".".join(p for p in (where, clash[0]) if p)
+        raise ValidationError(f"{field}: option given both flat and under 'options'", field=field)
+    rest = {k: v for k, v in value.items() if k not in OPTION_FIELDS}
+    return {**rest, "options": {**nested, **flat}}
