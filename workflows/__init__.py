@@ -2,3 +2,7 @@
 
 Built on the kernel's public API only (see DESIGN.md §6).
 """
+
+from .runtime import FunctionStep, Workflow, WorkflowStep, WorkflowStepError
+
+__all__ = ["FunctionStep", "Workflow", "WorkflowStep", "WorkflowStepError"]
