@@ -18,6 +18,7 @@ from . import _limits as limits
 from . import lifecycle, maintenance
 from ._plugins import make_plugin_manager
 from .config import Settings
+from .engines import load_engines
 from .errors import PluginError, ValidationError
 from .events import EventDispatcher, cascade_events, failure_events, job_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
@@ -40,6 +41,7 @@ from .models import (
     trusted,
 )
 from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
+from .tasks import TaskHost
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -50,7 +52,7 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Conveyor:
+class Conveyor(TaskHost):
     """A job queue over one storage. Use as ``async with Conveyor("sqlite:///jobs.db") as app``.
 
     ``storage`` is a URL (handled by the storage hook) or a ready `Storage`; ``plugins`` are
@@ -115,6 +117,7 @@ class Conveyor:
         self._storage = storage
         try:
             self.hook.conveyor_engines(app=self, registry=self.workers)
+            load_engines(self, self.workers, blocked=frozenset(self.settings.disable_plugins))
             self.events = EventDispatcher(
                 self._collect(self.hook.conveyor_event_sinks(app=self), EventSink, "event sink"),
                 self.settings.event_buffer,
@@ -361,6 +364,13 @@ class Conveyor:
         job_id = limits.check_job_id(job_id)
         _check_worker(worker_id)
         await self._modify_one(job_id, lifecycle.decide_heartbeat(self.now_ms(), worker_id))
+
+    async def release(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
+        """Give an active job back unrun: it is waiting again at once and the attempt does not
+        count. Workers shutting down release what they have not started."""
+        job_id = limits.check_job_id(job_id)
+        _check_worker(worker_id)
+        await self._modify_one(job_id, lifecycle.decide_release(self.now_ms(), worker_id))
 
     # -- read and manage -------------------------------------------------------------------
 

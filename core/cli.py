@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from . import _cli_client
+from . import _cli_client, _cli_worker
 from .app import Conveyor
 from .config import Settings
 from .errors import ConveyorError
@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "upgrade", parents=[common], help="create or migrate the schema"
     )
     _cli_client.add_parsers(commands)
+    _cli_worker.add_parser(commands)
     return parser
 
 
@@ -62,6 +63,8 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         await serve(_settings(args))
         return 0
+    if args.command == "worker":
+        return await _cli_worker.run(args)
     if args.command in _cli_client.COMMANDS:
         return await _cli_client.run(args)
     settings = _settings(args, maintenance=False)
@@ -80,7 +83,7 @@ def _backend_options() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.INFO if args.command == "serve" else logging.WARNING
+    level = logging.INFO if args.command in ("serve", "worker") else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     try:

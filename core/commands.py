@@ -154,6 +154,13 @@ async def heartbeat(app: Conveyor, params: Params) -> Reply:
     return OK
 
 
+@_command("release", wire.ReleaseParams, wire.Ok)
+async def release(app: Conveyor, params: Params) -> Reply:
+    """Give an active job back unrun: waiting again at once, the attempt not counted."""
+    await app.release(params["id"], worker_id=params.get("worker_id"))
+    return OK
+
+
 @_command("get", wire.JobIdParams, wire.JobResponse)
 async def get(app: Conveyor, params: Params) -> Reply:
     """The whole job: data, metadata, result, state, progress, logs, attempts."""

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     )
     plugin_autoload: bool = Field(True, description="Load plugins from the 'conveyor' entry-point group.")
 
+    shell_engine: bool = Field(
+        False, description="Enable the built-in shell engine, which runs the command a job names."
+    )
+
     # -- server mode (`conveyor serve`) ---------------------------------------------------------
     host: str = Field("127.0.0.1", min_length=1, description="Address the protocol servers listen on.")
     http_port: int = Field(6790, ge=0, le=65535, description="HTTP port (0: any free port, logged at start).")

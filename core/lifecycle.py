@@ -198,6 +198,27 @@ def decide_heartbeat(now_ms: int, worker_id: str | None = None) -> Decide:
     return decide
 
 
+def decide_release(now_ms: int, worker_id: str | None = None) -> Decide:
+    """active -> waiting, the attempt not counted: the worker gives the job back unrun (it is
+    shutting down), so another worker takes it at once instead of after the stall timeout."""
+    now = ms_to_dt(now_ms)
+
+    def decide(job_id: UUID, job: Job | None) -> Change:
+        if refused := _need(job_id, job, _ACTIVE, "release", worker_id):
+            return refused
+        return Update(
+            {
+                "state": JobState.WAITING,
+                "worker_id": None,
+                "started_at": None,
+                "last_heartbeat": None,
+                "updated_at": now,
+            }
+        )
+
+    return decide
+
+
 def decide_stalled(stall_before_ms: int, now_ms: int) -> Decide:
     """Active job whose last heartbeat is still older than the stall cut-off: retry at once."""
 

@@ -18,7 +18,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .app import Conveyor
 
 API = (
-    "push", "push_job", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat",
+    "push", "push_job", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat", "release",
     "get", "stats", "queues", "pause", "resume", "dlq", "flow", "submit_flow",
 )  # fmt: skip
 

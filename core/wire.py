@@ -85,6 +85,14 @@ class HeartbeatParams(HeartbeatBody):
     id: UUID
 
 
+class ReleaseBody(_Worker):
+    pass
+
+
+class ReleaseParams(ReleaseBody):
+    id: UUID
+
+
 class JobIdParams(_Params):
     id: UUID
 

@@ -55,6 +55,10 @@ class WorkerRegistry:
         check_queue_name(queue)
         self._routes[queue] = self._normalize(engine_id)
 
+    def routed(self, queue: str) -> str | None:
+        """The engine ``queue`` is mapped to, if any."""
+        return self._routes.get(queue)
+
     @property
     def engines(self) -> list[str]:
         return sorted(self._factories)

@@ -23,6 +23,7 @@ import anyio
 
 from conveyor.errors import ConveyorError
 
+
 @runtime_checkable
 class WorkflowStep(Protocol):
     """One unit of work for an engine: ``engine_id`` names who runs it (for routing and error
@@ -31,6 +32,7 @@ class WorkflowStep(Protocol):
     engine_id: str
 
     async def execute(self, input: Any) -> Any: ...
+
 
 class FunctionStep:
     """A `WorkflowStep` from a plain function, sync or async: ``FunctionStep(resize)``."""
@@ -48,7 +50,9 @@ class FunctionStep:
     def __repr__(self) -> str:
         return f"FunctionStep({self.name}, engine={self.engine_id!r})"
 
+
 StepLike = WorkflowStep | Callable[[Any], Any]
+
 
 class WorkflowStepError(ConveyorError):
     """A step failed; ``stage`` (0-based) and ``step`` say which, ``__cause__`` says why."""
@@ -60,6 +64,7 @@ class WorkflowStepError(ConveyorError):
         )
         self.stage, self.step = stage, step
 
+
 def _step(item: StepLike) -> WorkflowStep:
     if isinstance(item, WorkflowStep):
         return item
@@ -67,14 +72,17 @@ def _step(item: StepLike) -> WorkflowStep:
         return FunctionStep(item)
     raise TypeError(f"{item!r} is neither a WorkflowStep nor a callable")
 
+
 def _name(step: WorkflowStep) -> str:
     return str(getattr(step, "name", None) or f"{type(step).__name__}[{step.engine_id}]")
+
 
 @dataclass(frozen=True)
 class _Stage:
     steps: tuple[WorkflowStep, ...]
     parallel: bool
     join: WorkflowStep | None = None
+
 
 class Workflow:
     """Stages run in order; build with `then`, `fan_out`, `fan_out_with_join`, run with `run`.
@@ -133,6 +141,7 @@ class Workflow:
             raise failures[0]
         return outputs
 
+
 async def _run(index: int, step: WorkflowStep, value: Any) -> Any:
     try:
         return await step.execute(value)
@@ -140,4 +149,3 @@ async def _run(index: int, step: WorkflowStep, value: Any) -> Any:
         raise
     except Exception as exc:
         raise WorkflowStepError(index, _name(step), exc) from exc
-

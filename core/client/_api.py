@@ -23,6 +23,8 @@ from ..models import (
     QueueCounts,
     QueueInfo,
 )
+from ..tasks import TaskHost
+from ..workers import WorkerRegistry
 
 
 class Transport(Protocol):
@@ -62,7 +64,7 @@ def _id(job_id: UUID | str) -> str:
     return str(job_id)
 
 
-class Client:
+class Client(TaskHost):
     """A hosted Conveyor with the embedded API (same names, arguments, results and errors).
 
     Get one with ``conveyor.connect("http://host:6790")`` or ``"tcp://host:6789"``, and use it
@@ -72,9 +74,15 @@ class Client:
     def __init__(self, transport: Transport, url: str) -> None:
         self.transport = transport
         self.url = url
+        self.workers = WorkerRegistry()
+        """Engines for `conveyor worker` in this process (entry points load when it opens)."""
 
     async def open(self) -> Self:
+        from ..engines import load_engines  # engines may import the client's package
+
         await self.transport.open()
+        if not self.workers.engines:
+            load_engines(self, self.workers)
         return self
 
     async def close(self) -> None:
@@ -144,6 +152,9 @@ class Client:
 
     async def heartbeat(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
         await self._call("heartbeat", id=_id(job_id), worker_id=worker_id)
+
+    async def release(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:
+        await self._call("release", id=_id(job_id), worker_id=worker_id)
 
     # -- read and manage -----------------------------------------------------------------------
 

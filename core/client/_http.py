@@ -31,7 +31,7 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
         if cmd == "stats":
             return "GET", f"/queues/{queue}/stats", None, None
         return "POST", f"/queues/{queue}/{cmd.removeprefix('queue_')}", None, None
-    if cmd in ("ack", "fail", "cancel", "progress", "heartbeat", "get"):
+    if cmd in ("ack", "fail", "cancel", "progress", "heartbeat", "release", "get"):
         job = _path(p.pop("id", None), "id")
         if cmd == "get":
             return "GET", f"/jobs/{job}", None, None

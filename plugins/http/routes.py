@@ -203,6 +203,14 @@ async def heartbeat(request: Request, job_id: str) -> JSONResponse:
     return await _run(request, "heartbeat", _merge(await _body_of(request), id=job_id))
 
 
+@router.post(
+    "/jobs/{job_id}/release", response_model=wire.Ok, summary="Give an active job back unrun (worker shutdown)",
+    openapi_extra=_body(wire.ReleaseBody, required=False),
+)  # fmt: skip
+async def release(request: Request, job_id: str) -> JSONResponse:
+    return await _run(request, "release", _merge(await _body_of(request), id=job_id))
+
+
 # -- queues -------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,9 @@ async def test_every_command_answers_in_its_documented_shape(app: Conveyor) -> N
     assert (await call("pull", queue="q", worker_id="w"))["job"]["id"] == job_id
     await call("progress", id=job_id, progress=40, message="going", worker_id="w")
     await call("heartbeat", id=job_id, worker_id="w")
+    await call("release", id=job_id, worker_id="w")  # back to waiting, the attempt not counted
+    released = (await call("pull", queue="q", worker_id="w"))["job"]
+    assert released["id"] == job_id and released["attempt"] == 0 and released["progress"] == 40
     await call("ack", id=job_id, result={"done": True}, worker_id="w")
     pulled = (await call("pull", queue="q", count=5))["jobs"]
     assert [job["id"] for job in pulled] == [ids[0]]

@@ -133,7 +133,7 @@ async def test_hook_conveyor_engines() -> None:
     app = Conveyor("sqlite:///:memory:", plugins=[plugin], plugin_autoload=False, maintenance=False)
     try:
         async with app:
-            assert app.workers.engines == ["echo", "other"]
+            assert app.workers.engines == ["echo", "other", "python"]  # python: the built-in entry point
             ok = await app.push("build", "compile", "src")
             bad = await app.push("build", "compile", "explode", max_attempts=1)
             routed = await app.push("misc", "x", 1, metadata={"engine": "OTHER"})

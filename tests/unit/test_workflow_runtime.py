@@ -38,7 +38,12 @@ async def test_fan_out_keeps_step_order_not_finish_order() -> None:
     finished: list[str] = []
     slow, fast = Delayed("slow", 0.05, finished), Delayed("fast", 0.0, finished)
     assert isinstance(slow, WorkflowStep)
-    flow = Workflow().then(str.upper).fan_out([slow, fast]).fan_out_with_join([len, str], join=lambda xs: " | ".join(map(str, xs)))
+    flow = (
+        Workflow()
+        .then(str.upper)
+        .fan_out([slow, fast])
+        .fan_out_with_join([len, str], join=lambda xs: " | ".join(map(str, xs)))
+    )
     assert await flow.run("a") == "2 | ['slow(A)', 'fast(A)']"
     assert finished == ["fast", "slow"]  # they ran concurrently; the output kept the given order
 

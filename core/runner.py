@@ -1,0 +1,163 @@
+"""`WorkerRunner`: what ``conveyor worker`` runs. It pulls from its queues, runs each job on the
+engine the `WorkerRegistry` routes it to, N at a time, and reports back.
+
+- acks with the engine's return value; fails with the exception's type and text;
+- heartbeats every ``heartbeat_s`` (a third of the stall timeout) while a job runs;
+- cancels a handler that outlives the job's ``timeout_ms`` and fails the job;
+- a job no engine matches stays active (an operator sees it; the stall sweep retries it);
+- `stop` (SIGTERM): no more pulls; running jobs get ``grace_s`` to finish, then are cancelled
+  and released (back to waiting at once, the attempt not counted). Nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from typing import Any
+
+import anyio
+
+from .errors import ConveyorError
+from .models import Job
+
+log = logging.getLogger("conveyor.worker")
+
+
+class WorkerRunner:
+    def __init__(
+        self,
+        app: Any,
+        queues: list[str],
+        *,
+        concurrency: int = 10,
+        worker_id: str | None = None,
+        heartbeat_s: float = 10.0,
+        poll_ms: int = 1000,
+        grace_s: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not queues:
+            raise ValueError("give at least one queue")
+        self.app, self.queues, self.concurrency = app, queues, concurrency
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.heartbeat_s, self.poll_ms, self.grace_s = heartbeat_s, poll_ms, grace_s
+        self.running: dict[Any, Job] = {}
+        self.completed = self.failed = self.released = 0
+        self._stopping = False
+        self._slot_freed: anyio.Event | None = None
+        self._jobs_scope: anyio.CancelScope | None = None
+
+    def stop(self) -> None:
+        """Stop pulling; running jobs finish within ``grace_s`` or are released."""
+        if self._stopping:
+            return
+        self._stopping = True
+        stop_waiting = getattr(self.app, "stop_waiting", None)
+        if stop_waiting is not None:
+            stop_waiting()  # an embedded long-poll returns now
+        if self._slot_freed is not None:
+            self._slot_freed.set()
+
+    def stop_now(self) -> None:
+        """Stop, and release running jobs at once."""
+        self.stop()
+        if self._jobs_scope is not None:
+            self._jobs_scope.cancel()
+
+    async def run(self) -> None:
+        """Until `stop`: pull and run. Returns once every job is finished or released."""
+        self._slot_freed = anyio.Event()
+        async with anyio.create_task_group() as jobs:
+            self._jobs_scope = jobs.cancel_scope
+            turn = 0
+            while not self._stopping:
+                free = self.concurrency - len(self.running)
+                if free <= 0:
+                    await self._slot_freed.wait()
+                    self._slot_freed = anyio.Event()
+                    continue
+                queue = self.queues[turn % len(self.queues)]
+                turn += 1
+                wait = self.poll_ms if len(self.queues) == 1 or turn % len(self.queues) == 0 else 0
+                try:
+                    pulled = await self.app.pull(queue, free, worker_id=self.worker_id, wait_ms=wait)
+                except ConveyorError as exc:
+                    log.warning("pull from %s failed: %s; retrying in 1 s", queue, exc.message)
+                    await anyio.sleep(1)
+                    continue
+                for job in pulled:
+                    self.running[job.id] = job
+                    jobs.start_soon(self._run_job, job)
+            with anyio.move_on_after(self.grace_s if self.running else 0):
+                while self.running:
+                    await self._slot_freed.wait()
+                    self._slot_freed = anyio.Event()
+            if self.running:
+                log.warning(
+                    "%d job(s) still running after %.0f s: cancelling and releasing", len(self.running), self.grace_s
+                )
+                jobs.cancel_scope.cancel()
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            try:
+                engine = self.app.workers.engine_for(job)
+                worker = await self.app.workers.create_worker(engine)
+            except ConveyorError as exc:
+                log.error("job %s left active: %s", job.id, exc.message)
+                return
+            try:
+                outcome = await self._execute(worker, job)
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._report(job, ("release", None))
+                raise
+            with anyio.CancelScope(shield=True):
+                await self._report(job, outcome)
+        finally:
+            self.running.pop(job.id, None)
+            if self._slot_freed is not None:
+                self._slot_freed.set()
+
+    async def _execute(self, worker: Any, job: Job) -> tuple[str, Any]:
+        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else math.inf
+        result: tuple[str, Any]
+        async with anyio.create_task_group() as beats:
+            beats.start_soon(self._heartbeats, job)
+            try:
+                with anyio.fail_after(timeout_s):
+                    result = ("ack", await worker.process(job))
+            except TimeoutError:
+                result = ("fail", f"TimeoutError: the job ran longer than its timeout_ms ({job.timeout_ms} ms)")
+            except Exception as exc:  # noqa: BLE001 - the job's failure is reported, the worker goes on
+                result = ("fail", f"{type(exc).__name__}: {exc}"[:10_000])
+            finally:
+                beats.cancel_scope.cancel()
+        return result
+
+    async def _report(self, job: Job, outcome: tuple[str, Any]) -> None:
+        kind, value = outcome
+        try:
+            if kind == "ack":
+                await self.app.ack(job.id, value, worker_id=self.worker_id)
+                self.completed += 1
+            elif kind == "fail":
+                await self.app.fail(job.id, value, worker_id=self.worker_id)
+                self.failed += 1
+            else:
+                await self.app.release(job.id, worker_id=self.worker_id)
+                self.released += 1
+        except ConveyorError as exc:  # e.g. the job was reclaimed after a stall: not ours now
+            log.warning("job %s: could not %s: %s", job.id, kind, exc.message)
+
+    async def _heartbeats(self, job: Job) -> None:
+        while True:
+            await anyio.sleep(self.heartbeat_s)
+            try:
+                await self.app.heartbeat(job.id, worker_id=self.worker_id)
+            except ConveyorError as exc:
+                log.warning("job %s: heartbeat refused: %s", job.id, exc.message)
+                return

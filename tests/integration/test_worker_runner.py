@@ -1,0 +1,138 @@
+"""`WorkerRunner` in process, on a real SQLite file: concurrency, routing, timeouts, results,
+failures and release on stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from conveyor import Conveyor, JobState
+from conveyor.runner import WorkerRunner
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> Any:
+    async with Conveyor(f"sqlite:///{tmp_path / 'w.db'}", maintenance=False, plugin_autoload=False) as conveyor:
+        yield conveyor
+
+
+async def run_until(runner: WorkerRunner, done: Any) -> None:
+    """Run ``runner`` until ``done()`` holds, then stop it and wait for it to return."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        with anyio.fail_after(60):
+            while not await done():
+                await anyio.sleep(0.01)
+        runner.stop()
+
+
+async def test_concurrency_n_runs_n_jobs_at_once(app: Conveyor) -> None:
+    n, running, peak = 5, 0, 0
+    all_in = anyio.Event()
+
+    @app.task(queue="par")
+    async def hold(i: int) -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == n:
+            all_in.set()
+        with anyio.fail_after(30):  # returns only once n handlers are inside at the same time
+            await all_in.wait()
+        running -= 1
+        return i
+
+    app.workers.route_queue_to_engine("par", "python")
+    for i in range(2 * n):
+        await hold.defer(i=i)
+    runner = WorkerRunner(app, ["par"], concurrency=n, poll_ms=50)
+
+    async def finished() -> bool:
+        return (await app.stats("par")).completed == 2 * n
+
+    await run_until(runner, finished)
+    assert peak == n and runner.completed == 2 * n
+
+
+async def test_results_failures_timeouts_and_routing(app: Conveyor) -> None:
+    @app.task(queue="mixed", name="double", pass_context=True)
+    async def double(ctx: Any, x: int) -> int:
+        await ctx.progress(40, "working")
+        return 2 * x
+
+    @app.task(queue="mixed", name="broken")
+    def broken() -> None:
+        raise ValueError("bad input")
+
+    @app.task(queue="mixed", name="slow")
+    async def slow() -> None:
+        await anyio.sleep(30)
+
+    class Upper:
+        async def process(self, job: Any) -> Any:
+            return str(job.data).upper()
+
+    app.workers.register_engine_factory("upper", Upper)
+    app.workers.route_queue_to_engine("mixed", "python")
+    ok = await double.defer(x=21)
+    bad = await app.push("mixed", "broken", None, max_attempts=1)
+    late = await app.push("mixed", "slow", None, max_attempts=1, timeout_ms=200)
+    routed = await app.push("mixed", "double", "shout", metadata={"engine": "Upper"})  # metadata wins over the queue
+    stray = await app.push("mixed", "double", {"x": 1}, metadata={"engine": "gpu"})
+    runner = WorkerRunner(app, ["mixed"], concurrency=4, poll_ms=50)
+
+    async def settled() -> bool:
+        jobs = [await app.get(i) for i in (ok, bad, late, routed)]
+        return all(j is not None and j.state in (JobState.COMPLETED, JobState.DLQ) for j in jobs)
+
+    await run_until(runner, settled)
+    done = await app.get(ok)
+    assert done and done.result == 42 and done.progress == 40 and [e.message for e in done.logs] == ["working"]
+    failed = await app.get(bad)
+    assert failed and failed.state is JobState.DLQ and failed.last_error == "ValueError: bad input"
+    timed_out = await app.get(late)
+    assert timed_out and timed_out.state is JobState.DLQ and "timeout_ms (200 ms)" in (timed_out.last_error or "")
+    assert (await app.get(routed)).result == "SHOUT"  # type: ignore[union-attr]
+    assert (await app.get(stray)).state is JobState.ACTIVE  # type: ignore[union-attr]  # no engine: stays active
+
+
+async def test_stopping_releases_what_outlives_the_grace(app: Conveyor) -> None:
+    started = anyio.Event()
+
+    @app.task(queue="long")
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    @app.task(queue="long")
+    async def quick() -> str:
+        return "done"
+
+    app.workers.route_queue_to_engine("long", "python")
+    stuck = await forever.defer()
+    runner = WorkerRunner(app, ["long"], concurrency=2, poll_ms=50, grace_s=0.2)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runner.run)
+        await started.wait()
+        runner.stop()
+    job = await app.get(stuck)
+    assert job and job.state is JobState.WAITING and job.attempt == 0 and job.worker_id is None
+    assert runner.released == 1
+    await quick.defer()
+    again = WorkerRunner(app, ["long"], concurrency=2, poll_ms=50, grace_s=5)
+
+    async def quick_done() -> bool:
+        return (await app.stats("long")).completed == 1
+
+    async with anyio.create_task_group() as tg:  # the released job runs again: forever, so release it again
+        tg.start_soon(again.run)
+        with anyio.fail_after(30):
+            while not await quick_done():
+                await anyio.sleep(0.01)
+        again.stop_now()
+    assert (await app.get(stuck)).state is JobState.WAITING  # type: ignore[union-attr]
