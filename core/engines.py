@@ -10,6 +10,7 @@ distribution's own entry points, so they are found exactly like third-party ones
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shlex
 from collections.abc import Callable
@@ -30,17 +31,20 @@ MAX_OUTPUT_BYTES = 64 * 1024
 
 def load_engines(app: Any, registry: WorkerRegistry, *, blocked: frozenset[str] = frozenset()) -> list[str]:
     """Register every installed engine with ``registry``; returns the ids registered. A broken
-    entry point or a duplicate id raises `PluginError` naming the package."""
+    entry point or a duplicate id raises `PluginError` naming the package(s); an id listed in
+    ``blocked`` (the app's ``disable_plugins``) is not loaded."""
 
     def failed(manager: Any, entry_point: Any, exc: BaseException) -> None:
         raise PluginError(
             f"engine {entry_point.name!r}{_package(entry_point)} failed to load: {type(exc).__name__}: {exc}"
         ) from exc
 
+    if registry.entry_points_loaded:  # a reopened app keeps its engines
+        return []
     manager = ExtensionManager(NAMESPACE, invoke_on_load=False, on_load_failure_callback=failed)
     loaded = []
     for extension in manager:
-        if extension.name in blocked or extension.name.lower() in registry.engines:
+        if extension.name in blocked:
             continue
         origin = _package(extension.entry_point).removeprefix(" from ")
         try:
@@ -57,6 +61,7 @@ def load_engines(app: Any, registry: WorkerRegistry, *, blocked: frozenset[str] 
             )
         registry.register_engine_factory(extension.name, _always(worker), origin=origin)
         loaded.append(extension.name.lower())
+    registry.entry_points_loaded = True
     return loaded
 
 
@@ -65,9 +70,11 @@ def _always(worker: Any) -> Callable[[], Any]:
 
 
 def _package(entry_point: Any) -> str:
-    dist = getattr(entry_point, "dist", None)
-    name = getattr(dist, "name", None) or (dist.metadata["name"] if dist is not None else None)
-    return f" from package {name!r}" if name else ""
+    """`` from package 'name'`` for an entry point (stevedore's cached ones carry no dist)."""
+    for candidate in importlib.metadata.entry_points(group=NAMESPACE):
+        if (candidate.name, candidate.value) == (entry_point.name, entry_point.value) and candidate.dist:
+            return f" from package {candidate.dist.metadata['name']!r}"
+    return ""
 
 
 class PythonEngine:

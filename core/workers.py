@@ -27,6 +27,7 @@ class WorkerRegistry:
         self._factories: dict[str, EngineFactory] = {}
         self._origins: dict[str, str] = {}
         self._routes: dict[str, str] = {}
+        self.entry_points_loaded = False
 
     @staticmethod
     def _normalize(engine_id: Any) -> str:

@@ -81,8 +81,7 @@ class Client(TaskHost):
         from ..engines import load_engines  # engines may import the client's package
 
         await self.transport.open()
-        if not self.workers.engines:
-            load_engines(self, self.workers)
+        load_engines(self, self.workers)
         return self
 
     async def close(self) -> None:
