@@ -19,7 +19,7 @@ from typing import Any
 
 import anyio
 
-from .errors import ConveyorError
+from .errors import ConveyorError, error_for_code
 from .models import Job
 
 log = logging.getLogger("conveyor.worker")
@@ -49,6 +49,7 @@ class WorkerRunner:
         self._stopping = False
         self._slot_freed: anyio.Event | None = None
         self._jobs_scope: anyio.CancelScope | None = None
+        self._acks = _AckBatcher(app, self.worker_id)
 
     def stop(self) -> None:
         """Stop pulling; running jobs finish within ``grace_s`` or are released."""
@@ -73,9 +74,10 @@ class WorkerRunner:
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             turn = 0
+            refill = max(1, self.concurrency // 4)  # pull in batches, not one job per freed slot
             while not self._stopping:
                 free = self.concurrency - len(self.running)
-                if free <= 0:
+                if free < (refill if self.running else 1):
                     await self._slot_freed.wait()
                     self._slot_freed = anyio.Event()
                     continue
@@ -142,7 +144,7 @@ class WorkerRunner:
         kind, value = outcome
         try:
             if kind == "ack":
-                await self.app.ack(job.id, value, worker_id=self.worker_id)
+                await self._acks.ack(job.id, value)
                 self.completed += 1
             elif kind == "fail":
                 await self.app.fail(job.id, value, worker_id=self.worker_id)
@@ -161,3 +163,44 @@ class WorkerRunner:
             except ConveyorError as exc:
                 log.warning("job %s: heartbeat refused: %s", job.id, exc.message)
                 return
+
+
+class _AckBatcher:
+    """Acks that arrive while an ``ack_batch`` is in flight go together in the next one: one
+    request (and one commit) for many jobs, fewer as the load drops, never a wait on a timer."""
+
+    def __init__(self, app: Any, worker_id: str) -> None:
+        self.app, self.worker_id = app, worker_id
+        self._waiting: list[tuple[Any, Any, anyio.Event, list[Any]]] = []
+        self._flushing = False
+
+    async def ack(self, job_id: Any, result: Any) -> None:
+        """Ack one job as part of a batch; raises the item's error if it was refused."""
+        done, outcome = anyio.Event(), list[ConveyorError | None]()
+        self._waiting.append((job_id, result, done, outcome))
+        if not self._flushing:
+            self._flushing = True
+            try:
+                while self._waiting:
+                    batch, self._waiting = self._waiting[:1000], self._waiting[1000:]
+                    await self._send(batch)
+            finally:
+                self._flushing = False
+        await done.wait()
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+
+    async def _send(self, batch: list[tuple[Any, Any, anyio.Event, list[Any]]]) -> None:
+        try:
+            results = await self.app.ack_batch(
+                [{"id": j, "result": r} for j, r, _, _ in batch], worker_id=self.worker_id
+            )
+            errors = [
+                None if r.ok else error_for_code(r.error["code"], r.error["message"], r.error.get("details"))
+                for r in results
+            ]
+        except ConveyorError as exc:
+            errors = [exc] * len(batch)
+        for (_, _, done, outcome), error in zip(batch, errors, strict=True):
+            outcome.append(error)
+            done.set()
