@@ -12,14 +12,13 @@ engine the `WorkerRegistry` routes it to, N at a time, and reports back.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 from typing import Any
 
 import anyio
 
-from .errors import ConveyorError, error_for_code
+from .errors import ConveyorError
 from .models import Job
 
 log = logging.getLogger("conveyor.worker")
@@ -49,7 +48,7 @@ class WorkerRunner:
         self._stopping = False
         self._slot_freed: anyio.Event | None = None
         self._jobs_scope: anyio.CancelScope | None = None
-        self._acks = _AckBatcher(app, self.worker_id)
+        self._acks = _AckBatcher(self)
 
     def stop(self) -> None:
         """Stop pulling; running jobs finish within ``grace_s`` or are released."""
@@ -71,6 +70,15 @@ class WorkerRunner:
     async def run(self) -> None:
         """Until `stop`: pull and run. Returns once every job is finished or released."""
         self._slot_freed = anyio.Event()
+        async with anyio.create_task_group() as background:
+            background.start_soon(self._heartbeats)
+            background.start_soon(self._acks.run)
+            await self._pull_and_run()
+            await self._acks.close()  # every ack recorded before we return
+            background.cancel_scope.cancel()
+
+    async def _pull_and_run(self) -> None:
+        assert self._slot_freed is not None
         async with anyio.create_task_group() as jobs:
             self._jobs_scope = jobs.cancel_scope
             turn = 0
@@ -125,27 +133,21 @@ class WorkerRunner:
                 self._slot_freed.set()
 
     async def _execute(self, worker: Any, job: Job) -> tuple[str, Any]:
-        timeout_s = job.timeout_ms / 1000 if job.timeout_ms else math.inf
-        result: tuple[str, Any]
-        async with anyio.create_task_group() as beats:
-            beats.start_soon(self._heartbeats, job)
-            try:
-                with anyio.fail_after(timeout_s):
-                    result = ("ack", await worker.process(job))
-            except TimeoutError:
-                result = ("fail", f"TimeoutError: the job ran longer than its timeout_ms ({job.timeout_ms} ms)")
-            except Exception as exc:  # noqa: BLE001 - the job's failure is reported, the worker goes on
-                result = ("fail", f"{type(exc).__name__}: {exc}"[:10_000])
-            finally:
-                beats.cancel_scope.cancel()
-        return result
+        try:
+            if job.timeout_ms:
+                with anyio.fail_after(job.timeout_ms / 1000):
+                    return ("ack", await worker.process(job))
+            return ("ack", await worker.process(job))
+        except TimeoutError:
+            return ("fail", f"TimeoutError: the job ran longer than its timeout_ms ({job.timeout_ms} ms)")
+        except Exception as exc:  # noqa: BLE001 - the job's failure is reported, the worker goes on
+            return ("fail", f"{type(exc).__name__}: {exc}"[:10_000])
 
     async def _report(self, job: Job, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
         try:
             if kind == "ack":
-                await self._acks.ack(job.id, value)
-                self.completed += 1
+                self._acks.add(job.id, value)
             elif kind == "fail":
                 await self.app.fail(job.id, value, worker_id=self.worker_id)
                 self.failed += 1
@@ -155,52 +157,74 @@ class WorkerRunner:
         except ConveyorError as exc:  # e.g. the job was reclaimed after a stall: not ours now
             log.warning("job %s: could not %s: %s", job.id, kind, exc.message)
 
-    async def _heartbeats(self, job: Job) -> None:
+    async def _heartbeats(self) -> None:
+        """One loop for every running job (not a task per job): each gets a heartbeat every
+        ``heartbeat_s`` while it runs."""
         while True:
             await anyio.sleep(self.heartbeat_s)
-            try:
-                await self.app.heartbeat(job.id, worker_id=self.worker_id)
-            except ConveyorError as exc:
-                log.warning("job %s: heartbeat refused: %s", job.id, exc.message)
-                return
+            for job_id in list(self.running):
+                try:
+                    await self.app.heartbeat(job_id, worker_id=self.worker_id)
+                except ConveyorError as exc:
+                    if job_id in self.running:
+                        log.warning("job %s: heartbeat refused: %s", job_id, exc.message)
 
 
 class _AckBatcher:
-    """Acks that arrive while an ``ack_batch`` is in flight go together in the next one: one
-    request (and one commit) for many jobs, fewer as the load drops, never a wait on a timer."""
+    """Acks wait here and go out together: each ``ack_batch`` carries every ack that arrived
+    while the previous one was in flight (one request and one commit for many jobs, never a
+    wait on a timer)."""
 
-    def __init__(self, app: Any, worker_id: str) -> None:
-        self.app, self.worker_id = app, worker_id
-        self._waiting: list[tuple[Any, Any, anyio.Event, list[Any]]] = []
-        self._flushing = False
+    def __init__(self, runner: WorkerRunner) -> None:
+        self.runner = runner
+        self._waiting: list[tuple[Any, Any]] = []
+        self._arrived: anyio.Event | None = None
+        self._finished: anyio.Event | None = None
+        self._closing = False
 
-    async def ack(self, job_id: Any, result: Any) -> None:
-        """Ack one job as part of a batch; raises the item's error if it was refused."""
-        done, outcome = anyio.Event(), list[ConveyorError | None]()
-        self._waiting.append((job_id, result, done, outcome))
-        if not self._flushing:
-            self._flushing = True
-            try:
-                while self._waiting:
-                    batch, self._waiting = self._waiting[:1000], self._waiting[1000:]
-                    await self._send(batch)
-            finally:
-                self._flushing = False
-        await done.wait()
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
+    def add(self, job_id: Any, result: Any) -> None:
+        self._waiting.append((job_id, result))
+        if self._arrived is not None:
+            self._arrived.set()
 
-    async def _send(self, batch: list[tuple[Any, Any, anyio.Event, list[Any]]]) -> None:
+    async def run(self) -> None:
+        self._finished = anyio.Event()
         try:
-            results = await self.app.ack_batch(
-                [{"id": j, "result": r} for j, r, _, _ in batch], worker_id=self.worker_id
-            )
-            errors = [
-                None if r.ok else error_for_code(r.error["code"], r.error["message"], r.error.get("details"))
-                for r in results
-            ]
+            await self._loop()
+        finally:
+            self._finished.set()
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._waiting:
+                if self._closing:
+                    return
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+                continue
+            batch, self._waiting = self._waiting[:1000], self._waiting[1000:]
+            with anyio.CancelScope(shield=True):
+                await self._send(batch)
+
+    async def close(self) -> None:
+        """Wait until every waiting ack is sent."""
+        self._closing = True
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._finished is not None:
+            await self._finished.wait()
+
+    async def _send(self, batch: list[tuple[Any, Any]]) -> None:
+        runner = self.runner
+        try:
+            results = await runner.app.ack_batch([{"id": j, "result": r} for j, r in batch], worker_id=runner.worker_id)
         except ConveyorError as exc:
-            errors = [exc] * len(batch)
-        for (_, _, done, outcome), error in zip(batch, errors, strict=True):
-            outcome.append(error)
-            done.set()
+            log.warning(
+                "acking %d job(s) failed: %s (they are retried after the stall timeout)", len(batch), exc.message
+            )
+            return
+        for result in results:
+            if result.ok:
+                runner.completed += 1
+            else:
+                log.warning("job %s: could not ack: %s", result.id, (result.error or {}).get("message"))
