@@ -44,8 +44,10 @@ def load_target(target: str) -> Any:
     sys.path.insert(0, str(Path.cwd()))
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValidationError(f"cannot import {module_name!r}: {exc}", field="target") from None
+    except Exception as exc:  # noqa: BLE001 - any import-time failure is the target's problem
+        raise ValidationError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}", field="target"
+        ) from None
     app = getattr(module, attribute, None)
     if app is None or not hasattr(app, "tasks"):
         raise ValidationError(f"{target!r} is not a Conveyor app (from conveyor.connect or Conveyor)", field="target")

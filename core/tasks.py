@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Generic, ParamSpec, TypeVar
 from uuid import UUID
 
@@ -153,9 +155,21 @@ class TaskHost:
         def register(f: Callable[P, R]) -> Task[P, R]:
             if not callable(f):
                 raise ValidationError(f"a task must be a function, got {f!r}", field="fn")
-            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            task_name = name or f"{_module_name(f)}.{f.__qualname__}"
             task: Task[P, R] = Task(self, f, queue, task_name, pass_context, options)
             self.tasks.register(task)
             return task
 
         return register(fn) if fn is not None else register
+
+
+def _module_name(fn: Callable[..., Any]) -> str:
+    """The importable module name, also for a script run directly (``__main__``), so a task
+    deferred by ``python myapp.py`` has the name ``conveyor worker myapp:app`` registers."""
+    if fn.__module__ != "__main__":
+        return fn.__module__
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name:
+        return str(spec.name)
+    return Path(getattr(main, "__file__", "__main__")).stem

@@ -21,7 +21,8 @@ def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     blocks = python_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
+    workers = blocks.pop(2)
     first = run(blocks[0], tmp_path)
     assert first.returncode == 0, first.stderr
     assert first.stdout.splitlines()[0] == "completed" and "completed=1" in first.stdout
@@ -32,6 +33,24 @@ def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     third = run(blocks[2], tmp_path)
     assert third.returncode == 0, third.stderr
     assert third.stdout.strip() == "3 blocked, 1 waiting"
+    (tmp_path / "myapp.py").write_text(workers)
+    deferred = subprocess.run([sys.executable, "myapp.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert deferred.returncode == 0, deferred.stderr
+    job_id = deferred.stdout.strip()
+    worker = subprocess.Popen([sys.executable, "-m", "conveyor", "worker", "myapp:app"], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        check = (
+            "import conveyor\nwith conveyor.connect_sync('sqlite:///jobs.db', maintenance=False) as q:\n"
+            f"    print(q.get('{job_id}').state)"
+        )
+        for _ in range(100):  # the worker runs the deferred job
+            if (state := run(check, tmp_path).stdout.strip()) == "completed":
+                break
+        assert state == "completed"
+    finally:
+        worker.terminate()
+        assert worker.wait(60) == 0
 
 
 def test_the_run_example_uses_the_sqlite_default(tmp_path: Path) -> None:
