@@ -136,3 +136,40 @@ async def test_stopping_releases_what_outlives_the_grace(app: Conveyor) -> None:
                 await anyio.sleep(0.01)
         again.stop_now()
     assert (await app.get(stuck)).state is JobState.WAITING  # type: ignore[union-attr]
+
+
+async def test_the_shell_engine_is_off_unless_enabled(tmp_path: Path) -> None:
+    async with Conveyor(f"sqlite:///{tmp_path / 'off.db'}", maintenance=False, plugin_autoload=False) as off:
+        assert "shell" not in off.workers.engines
+    async with Conveyor(
+        f"sqlite:///{tmp_path / 'on.db'}", maintenance=False, plugin_autoload=False, shell_engine=True
+    ) as app:
+        assert "shell" in app.workers.engines
+        ok = await app.push(
+            "sh", "echo", {"command": ["sh", "-c", "echo hi; echo err >&2"]}, metadata={"engine": "shell"}
+        )
+        bad = await app.push("sh", "false", {"command": "sh -c 'exit 3'"}, metadata={"engine": "shell"}, max_attempts=1)
+        nothing = await app.push("sh", "none", {"cmd": "ls"}, metadata={"engine": "shell"}, max_attempts=1)
+        for _ in range(3):
+            await app.workers.dispatch_next_with_registered_worker(app, "sh")
+        assert (await app.get(ok)).result == {"exit_code": 0, "stdout": "hi\n", "stderr": "err\n"}  # type: ignore[union-attr]
+        failed = await app.get(bad)
+        assert failed and failed.state is JobState.DLQ and "command exited with 3" in (failed.last_error or "")
+        refused = await app.get(nothing)
+        assert refused and 'needs "command"' in (refused.last_error or "")
+
+
+async def test_a_handler_writes_logs_through_its_context(app: Conveyor) -> None:
+    @app.task(queue="logs", pass_context=True)
+    async def chatty(ctx: Any) -> str:
+        await ctx.log("one")
+        await ctx.progress(70)
+        await ctx.log("two")
+        await ctx.heartbeat()
+        return ctx.job.queue
+
+    app.workers.route_queue_to_engine("logs", "python")
+    job_id = await chatty.defer()
+    await app.workers.dispatch_next_with_registered_worker(app, "logs")
+    job = await app.get(job_id)
+    assert job and job.result == "logs" and job.progress == 70 and [e.message for e in job.logs] == ["one", "two"]
