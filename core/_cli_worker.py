@@ -94,6 +94,5 @@ async def _stop_on_signal(runner: WorkerRunner, everything: anyio.CancelScope) -
             runner.stop()
             break
         async for _ in signals:
-            runner.grace_s = 0
             runner.stop_now()
             return

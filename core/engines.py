@@ -10,6 +10,7 @@ distribution's own entry points, so they are found exactly like third-party ones
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import shlex
@@ -71,10 +72,19 @@ def _always(worker: Any) -> Callable[[], Any]:
 
 def _package(entry_point: Any) -> str:
     """`` from package 'name'`` for an entry point (stevedore's cached ones carry no dist)."""
-    for candidate in importlib.metadata.entry_points(group=NAMESPACE):
-        if (candidate.name, candidate.value) == (entry_point.name, entry_point.value) and candidate.dist:
-            return f" from package {candidate.dist.metadata['name']!r}"
-    return ""
+    name = _packages().get((entry_point.name, entry_point.value))
+    return f" from package {name!r}" if name else ""
+
+
+@functools.cache
+def _packages() -> dict[tuple[str, str], str]:
+    """Which distribution declares each engine entry point: one scan per process, not one per
+    engine per app opened."""
+    return {
+        (ep.name, ep.value): ep.dist.metadata["name"]
+        for ep in importlib.metadata.entry_points(group=NAMESPACE)
+        if ep.dist is not None
+    }
 
 
 class PythonEngine:

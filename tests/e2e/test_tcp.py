@@ -81,7 +81,8 @@ def test_every_command(conn: Line, queue: str) -> None:
     ok(conn.call({"cmd": "heartbeat", "id": job_id, "worker_id": "w"}))
     ok(conn.call({"cmd": "ack", "id": job_id, "result": {"r": 1}}))
     assert ok(conn.call({"cmd": "get", "id": job_id}))["job"]["result"] == {"r": 1}
-    [b] = ok(conn.call({"cmd": "pull", "queue": queue, "count": 1}))["job"] and [ids[0]]
+    b = ok(conn.call({"cmd": "pull", "queue": queue, "count": 1}))["job"]["id"]
+    assert b == ids[0]
     failed = ok(conn.call({"cmd": "fail", "id": b, "error": "boom"}))
     assert failed["will_retry"] is False and failed["retry"] is False and failed["state"] == "dlq"
     assert [j["id"] for j in ok(conn.call({"cmd": "dlq", "queue": queue}))["jobs"]] == [b]

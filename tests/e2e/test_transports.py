@@ -47,10 +47,14 @@ async def lifecycle(q: Any) -> Any:
     await q.progress(job_id, 130, "most of it", worker_id="w1")
     await q.heartbeat(job_id, worker_id="w1")
     failed = await q.fail(job_id, "exit 1", worker_id="w1")
+    [given_back] = await q.pull("life", count=1, worker_id="w3")
+    await q.release(job_id, worker_id="w3")  # back to waiting, the attempt not counted
+    refused_release = await attempt(q.release(job_id))
     [again] = await q.pull("life", count=1, worker_id="w2")
     stale = await attempt(q.ack(job_id, "late", worker_id="w1"))
     await q.ack(job_id, {"ok": 1}, worker_id="w2")
-    return [job, failed, again, stale, await q.get(job_id), await q.stats("life"), await q.get(UUID_ZERO)]
+    return [job, failed, given_back, refused_release, again, stale, await q.get(job_id), await q.stats("life"),
+            await q.get(UUID_ZERO)]  # fmt: skip
 
 
 UUID_ZERO = "00000000-0000-7000-8000-000000000000"
