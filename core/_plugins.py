@@ -16,6 +16,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "sql": "conveyor.plugins.sql",
     "http": "conveyor.plugins.http",
     "tcp": "conveyor.plugins.tcp",
+    "webhooks": "conveyor.plugins.webhooks",
+    "metrics": "conveyor.plugins.metrics",
 }
 """Built-in plugins by short name; block one with ``disable_plugins=["sql"]``."""
 

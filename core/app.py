@@ -19,11 +19,12 @@ from . import lifecycle, maintenance
 from ._plugins import make_plugin_manager
 from .config import Settings
 from .engines import load_engines
-from .errors import PluginError, ValidationError
+from .errors import PluginError, ValidationError, WebhookNotFoundError
 from .events import EventDispatcher, cascade_events, failure_events, job_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
 from .jobs import JobBuilder, prefixed
 from .lifecycle import ms_to_dt
+from .metrics import MetricsRegistry
 from .models import (
     AckItem,
     AckResult,
@@ -42,6 +43,7 @@ from .models import (
 )
 from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
 from .tasks import TaskHost
+from .webhooks import Webhook, WebhookSpec, build_webhook
 from .workers import WorkerRegistry
 
 log = logging.getLogger("conveyor")
@@ -84,7 +86,10 @@ class Conveyor(TaskHost):
         self.now_ms: Callable[[], int] = clock or wall_clock_ms
         self._given_storage = storage if isinstance(storage, Storage) else None
         self._storage: Storage | None = None
+        self.metrics = MetricsRegistry()
         self.events = EventDispatcher([], settings.event_buffer)
+        self.webhooks_version = 0
+        """Bumped by every webhook registration change made through this object."""
         self._tg: anyio.abc.TaskGroup | None = None
         self._maintenance_scope: anyio.CancelScope | None = None
         self._pulls_released = False
@@ -121,10 +126,12 @@ class Conveyor(TaskHost):
             self.events = EventDispatcher(
                 self._collect(self.hook.conveyor_event_sinks(app=self), EventSink, "event sink"),
                 self.settings.event_buffer,
+                self.metrics,
+                storage.event_log if self.settings.cluster_events else None,
             )
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
-            self.events.start(self._tg)
+            await self.events.start(self._tg)
             if self.settings.maintenance:
                 self._tg.start_soon(self._maintain, name="conveyor-maintenance")
         except BaseException:
@@ -250,6 +257,8 @@ class Conveyor(TaskHost):
             jobs = await self.storage.claim_jobs(queue, count, self.now_ms(), worker_id)
             remaining = deadline - anyio.current_time()
             if jobs or remaining <= 0 or self._pulls_released:
+                if jobs:
+                    self.metrics.inc("jobs_pulled_total", queue, amount=len(jobs))  # no event reports a claim
                 return jobs
             with anyio.CancelScope() as scope:
                 self._waiting_pulls.add(scope)
@@ -413,6 +422,33 @@ class Conveyor(TaskHost):
         limits.check_count(offset, "offset", 10**9, minimum=0)
         return await self.storage.list_jobs(queue, JobState.DLQ.value, limit=limit, offset=offset)
 
+    # -- webhook registrations (delivered by the ``webhooks`` plugin) ------------------------
+
+    async def add_webhook(self, spec: WebhookSpec | dict[str, Any]) -> Webhook:
+        """Register a receiver for lifecycle events (``url``, optional ``events``, ``queues``
+        and ``secret``); stored, so it survives restarts and serves every node."""
+        webhook = build_webhook(spec, self.now_ms(), self.settings.webhook_allowed_hosts)
+        await self.storage.insert_webhook(webhook)
+        self.webhooks_version += 1
+        return webhook
+
+    async def webhooks(self) -> list[Webhook]:
+        """Every registration, oldest first."""
+        return await self.storage.list_webhooks()
+
+    async def get_webhook(self, webhook_id: UUID | str) -> Webhook:
+        webhook_id = _webhook_id(webhook_id)
+        for webhook in await self.storage.list_webhooks():
+            if webhook.id == webhook_id:
+                return webhook
+        raise WebhookNotFoundError(f"webhook {webhook_id} not found", details={"id": str(webhook_id)})
+
+    async def remove_webhook(self, webhook_id: UUID | str) -> None:
+        webhook_id = _webhook_id(webhook_id)
+        if not await self.storage.delete_webhook(webhook_id):
+            raise WebhookNotFoundError(f"webhook {webhook_id} not found", details={"id": str(webhook_id)})
+        self.webhooks_version += 1
+
     # -- shared plumbing ---------------------------------------------------------------------
 
     async def _modify_one(self, job_id: UUID, decide: Decide | Transition) -> Modified:
@@ -451,6 +487,13 @@ class Conveyor(TaskHost):
             self.events.emit(
                 [Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs]
             )
+
+
+def _webhook_id(value: Any) -> UUID:
+    try:
+        return limits.check_job_id(value)
+    except ValidationError:
+        raise ValidationError(f"id must be a webhook UUID, got {str(value)[:64]!r}", field="id") from None
 
 
 def _check_worker(worker_id: Any) -> None:

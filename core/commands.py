@@ -10,6 +10,7 @@ Failures are raised as `ConveyorError`; each protocol renders its envelope
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,7 +77,11 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
     for key in command.required:
         if key not in params:
             raise ValidationError(f"{key}: Field required", field=key)
-    return await command.run(app, params)
+    started = time.perf_counter()
+    try:
+        return await command.run(app, params)
+    finally:
+        app.metrics.observe("operation_duration_seconds", time.perf_counter() - started, name)
 
 
 def _wire_jobs(jobs: list[Any]) -> list[dict[str, Any]]:
@@ -227,3 +232,32 @@ async def flow(app: Conveyor, params: Params) -> Reply:
         "jobs": _wire_jobs(status.jobs),
         "summary": status.summary.model_dump(),
     }
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+@_command("webhook_create", wire.WebhookCreateParams, wire.WebhookCreatedResponse)
+async def webhook_create(app: Conveyor, params: Params) -> Reply:
+    """Register a receiver for lifecycle events; stored, so it survives restarts."""
+    webhook = await app.add_webhook(params)
+    return {"ok": True, "id": str(webhook.id), "webhook": webhook.to_wire()}
+
+
+@_command("webhook_list", wire.NoParams, wire.WebhooksResponse)
+async def webhook_list(app: Conveyor, params: Params) -> Reply:
+    """Every registration, oldest first (secrets are never returned)."""
+    return {"ok": True, "webhooks": [webhook.to_wire() for webhook in await app.webhooks()]}
+
+
+@_command("webhook_get", wire.WebhookIdParams, wire.WebhookResponse)
+async def webhook_get(app: Conveyor, params: Params) -> Reply:
+    """One registration by id."""
+    return {"ok": True, "webhook": (await app.get_webhook(params["id"])).to_wire()}
+
+
+@_command("webhook_delete", wire.WebhookIdParams, wire.Ok)
+async def webhook_delete(app: Conveyor, params: Params) -> Reply:
+    """Remove a registration; deliveries already under way finish."""
+    await app.remove_webhook(params["id"])
+    return OK

@@ -49,6 +49,35 @@ class Settings(BaseSettings):
         False, description="Enable the built-in shell engine, which runs the command a job names."
     )
 
+    # -- events, webhooks and metrics ---------------------------------------------------------
+    cluster_events: bool = Field(
+        True,
+        description="On shared storage (PostgreSQL), publish this node's events to the other nodes' "
+        "WebSocket clients and webhooks through the event log table.",
+    )
+    event_retention_s: float = Field(
+        3600.0, gt=0, description="How long the shared event log keeps an event for nodes that lag behind."
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names webhooks may target ('*.example.com' allows subdomains); empty: any host.",
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Each webhook delivery attempt must finish within this.")
+    webhook_retries: int = Field(3, ge=0, le=10, description="Retries after a failed delivery (5xx, timeout, refused).")
+    webhook_retry_base_ms: int = Field(
+        1000, ge=1, description="First retry delay; each further retry waits twice as long."
+    )
+    webhook_concurrency: int = Field(16, ge=1, le=1000, description="Webhook requests in flight at once.")
+    webhook_max_pending: int = Field(
+        10_000, ge=1, description="Deliveries waiting or retrying; more are dropped and counted in metrics."
+    )
+    websocket_buffer: int = Field(
+        1000, ge=1, description="Events queued for one WebSocket client; a client that falls further behind is dropped."
+    )
+    metrics_refresh_s: float = Field(
+        5.0, gt=0, description="How often the queue depth gauges are refreshed between scrapes."
+    )
+
     # -- server mode (`conveyor serve`) ---------------------------------------------------------
     host: str = Field("127.0.0.1", min_length=1, description="Address the protocol servers listen on.")
     http_port: int = Field(6790, ge=0, le=65535, description="HTTP port (0: any free port, logged at start).")
@@ -72,7 +101,7 @@ class Settings(BaseSettings):
         30.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
     )
 
-    @field_validator("disable_plugins", "auth_tokens", mode="before")
+    @field_validator("disable_plugins", "auth_tokens", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

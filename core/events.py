@@ -2,91 +2,260 @@
 
 `emit` never awaits: each sink has a bounded buffer drained by its own task. A full buffer
 drops the event for that sink only, counts it and logs (at most once per ``LOG_EVERY_S``).
+
+A sink's ``scope`` says which events it gets when several nodes share the storage (see
+`EventSink`). Then this node's events are also appended, in batches from a background task,
+to the storage's shared `EventLog`: ``"cluster"`` sinks follow that log (every node's events,
+each once), and a ``"once"`` sink takes the cluster-wide cursor of its name, so each event
+reaches it on exactly one node. On a single-process storage every sink gets this process's
+events, which are all the events there are.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import lifecycle
-from .interfaces import EventSink
+from .errors import PluginError
+from .interfaces import EVENT_SCOPES, EventSink
 from .lifecycle import ms_to_dt
 from .models import Event, JobState, trusted
-from .storage import Modified
+from .storage import EventLog, Modified
+
+if TYPE_CHECKING:
+    from .metrics import MetricsRegistry
 
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 DRAIN_ON_CLOSE_S = 5.0
+LOG_BATCH = 500
+LOG_POLL_S = 1.0
+"""Followers of the shared log re-read at least this often, in case a wake-up was missed."""
+
+
+def sink_name(sink: EventSink) -> str:
+    return str(getattr(sink, "name", None) or type(sink).__name__)
+
+
+def sink_scope(sink: EventSink) -> str:
+    scope = getattr(sink, "scope", "node")
+    if scope not in EVENT_SCOPES:
+        raise PluginError(f"event sink {sink_name(sink)!r} has scope {scope!r}; use one of {', '.join(EVENT_SCOPES)}")
+    return str(scope)
 
 
 class EventDispatcher:
-    def __init__(self, sinks: Sequence[EventSink], buffer: int) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[EventSink],
+        buffer: int,
+        metrics: MetricsRegistry | None = None,
+        event_log: EventLog | None = None,
+    ) -> None:
         self.sinks = list(sinks)
         self.buffer = buffer
+        self.metrics = metrics
+        self.event_log = event_log
         self.dropped = 0
-        self._streams: list[MemoryObjectSendStream[Event]] = []
+        self._streams: list[tuple[str, MemoryObjectSendStream[Event]]] = []
         self._scopes: list[anyio.CancelScope] = []
+        self._followers: list[anyio.CancelScope] = []
+        self._runners: list[anyio.CancelScope] = []
+        self._following: list[tuple[str, MemoryObjectSendStream[Event]]] = []
+        """Streams of ``"cluster"`` sinks, fed from the shared log rather than by `emit`."""
+        self._drained: list[anyio.Event] = []
         self._last_warning = 0.0
+        for sink in self.sinks:
+            sink_scope(sink)  # refuse a bad scope when the sink is registered, not on first event
 
     @property
     def active(self) -> bool:
         """Whether anyone listens; callers skip building events when not."""
         return bool(self._streams)
 
-    def start(self, tg: TaskGroup) -> None:
+    async def start(self, tg: TaskGroup) -> None:
+        shared = self.event_log
+        following = self._following
         for sink in self.sinks:
-            send, receive = anyio.create_memory_object_stream[Event](self.buffer)
-            self._streams.append(send)
-            tg.start_soon(self._deliver, sink, receive, name=f"conveyor-sink:{type(sink).__name__}")
+            scope = sink_scope(sink)
+            if callable(run := getattr(sink, "run", None)):
+                self._follow(tg, run, stop_last=True)
+            if shared is not None and scope == "once":
+                self._follow(tg, self._consume, shared, sink)
+                continue
+            send = self._start_sink(tg, sink_name(sink), sink.handle)
+            (following if shared is not None and scope == "cluster" else self._streams).append((sink_name(sink), send))
+        if shared is not None:
+            send = self._start_sink(tg, "event-log", None, publish=shared)
+            self._streams.append(("event-log", send))
+            if following:
+                self._follow(tg, self._read_log, shared, following, await shared.last_seq())
+
+    def _start_sink(
+        self, tg: TaskGroup, name: str, handle: Any, publish: EventLog | None = None
+    ) -> MemoryObjectSendStream[Event]:
+        send, receive = anyio.create_memory_object_stream[Event](self.buffer)
+        if publish is not None:
+            tg.start_soon(self._publish, publish, receive, name=f"conveyor-events:{name}")
+        else:
+            tg.start_soon(self._deliver, name, handle, receive, name=f"conveyor-sink:{name}")
+        return send
+
+    def _follow(self, tg: TaskGroup, loop: Any, *args: Any, stop_last: bool = False) -> None:
+        """Run ``loop`` until `close`: at once, or (``stop_last``) after the buffers drained."""
+
+        scope = anyio.CancelScope()  # made now: `close` may come before the task first runs
+        (self._runners if stop_last else self._followers).append(scope)
+
+        async def run() -> None:
+            with scope:
+                await loop(*args)
+
+        tg.start_soon(run, name=f"conveyor-events:{loop.__name__}")
 
     def emit(self, events: Iterable[Event]) -> None:
-        for stream in self._streams:
+        for name, stream in self._streams:
             for event in events:
-                try:
-                    stream.send_nowait(event)
-                except anyio.WouldBlock:
-                    self._drop(event)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    pass
+                self._offer(name, stream, event)
 
-    def _drop(self, event: Event) -> None:
+    def _offer(self, name: str, stream: MemoryObjectSendStream[Event], event: Event) -> None:
+        try:
+            stream.send_nowait(event)
+        except anyio.WouldBlock:
+            self._drop(name, event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    def _drop(self, name: str, event: Event) -> None:
         self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.inc("events_dropped_total", name)
         now = time.monotonic()
         if now - self._last_warning >= LOG_EVERY_S:
             self._last_warning = now
             log.warning(
-                "event sink buffer full (%d): dropped %s for job %s (%d dropped so far)",
+                "event sink %s buffer full (%d): dropped %s for job %s (%d dropped so far)",
+                name,
                 self.buffer,
                 event.event,
                 event.job_id,
                 self.dropped,
             )
 
-    async def _deliver(self, sink: EventSink, receive: MemoryObjectReceiveStream[Event]) -> None:
-        with anyio.CancelScope() as scope:
-            self._scopes.append(scope)
+    @contextmanager
+    def _draining(self) -> Iterator[None]:
+        """Around a buffer's consumer: `close` gives it until the drain deadline and waits."""
+        drained = anyio.Event()
+        self._drained.append(drained)
+        try:
+            with anyio.CancelScope() as scope:
+                self._scopes.append(scope)
+                yield
+        finally:
+            drained.set()
+
+    async def _deliver(self, name: str, handle: Any, receive: MemoryObjectReceiveStream[Event]) -> None:
+        with self._draining():
             async with receive:
                 async for event in receive:
-                    try:
-                        await sink.handle(event)
-                    except Exception:  # noqa: BLE001 - one bad sink must not stop the others
-                        log.exception("event sink %r failed on %s", sink, event.event)
+                    await _handle(name, handle, event)
+
+    async def _publish(self, shared: EventLog, receive: MemoryObjectReceiveStream[Event]) -> None:
+        """Append this node's events to the shared log, as many per transaction as are waiting."""
+        with self._draining():
+            async with receive:
+                async for first in receive:
+                    batch = [first.to_wire()]
+                    while len(batch) < LOG_BATCH:
+                        try:
+                            batch.append(receive.receive_nowait().to_wire())
+                        except (anyio.WouldBlock, anyio.EndOfStream):
+                            break
+                    await self._append(shared, batch)
+
+    async def _append(self, shared: EventLog, batch: list[dict[str, Any]]) -> None:
+        try:
+            await shared.append(batch, int(time.time() * 1000))
+        except Exception:  # noqa: BLE001 - other nodes miss these; this node's sinks do not
+            self.dropped += len(batch)
+            if self.metrics is not None:
+                self.metrics.inc("events_dropped_total", "event-log", amount=len(batch))
+            log.exception("could not append %d events to the shared event log", len(batch))
+
+    async def _read_log(
+        self, shared: EventLog, sinks: list[tuple[str, MemoryObjectSendStream[Event]]], after: int
+    ) -> None:
+        """Feed ``"cluster"`` sinks from the shared log: every node's events, each once."""
+        while True:
+            try:
+                batch = await shared.read(after, LOG_BATCH)
+            except Exception:  # noqa: BLE001 - the database may come back
+                log.exception("reading the shared event log failed")
+                batch = []
+            for seq, payload in batch:
+                after = seq
+                event = _parse(payload)
+                if event is not None:
+                    for name, stream in sinks:
+                        self._offer(name, stream, event)
+            if len(batch) < LOG_BATCH:
+                await shared.wait(LOG_POLL_S)
+
+    async def _consume(self, shared: EventLog, sink: EventSink) -> None:
+        """Feed a ``"once"`` sink from the shared log under its cluster-wide cursor."""
+        name = sink_name(sink)
+        while True:
+            count = 0
+            try:
+                async with shared.consume(f"sink:{name}", LOG_BATCH) as batch:
+                    for _, payload in batch or ():
+                        count += 1
+                        if (event := _parse(payload)) is not None:
+                            await _handle(name, sink.handle, event)
+            except Exception:  # noqa: BLE001 - the database may come back
+                log.exception("consuming the shared event log for sink %s failed", name)
+            if count < LOG_BATCH:
+                await shared.wait(LOG_POLL_S)
 
     async def close(self) -> None:
-        """Stop accepting events; sinks get up to ``DRAIN_ON_CLOSE_S`` to finish the buffer."""
-        streams, self._streams = self._streams, []
-        for stream in streams:
+        """Stop accepting events; sinks get up to ``DRAIN_ON_CLOSE_S`` to finish the buffer,
+        then their ``run`` tasks are cancelled."""
+        for scope in self._followers:
+            scope.cancel()
+        streams, self._streams = self._streams + self._following, []
+        for _, stream in streams:
             stream.close()
         deadline = anyio.current_time() + DRAIN_ON_CLOSE_S
         for scope in self._scopes:
             scope.deadline = deadline
+        with anyio.move_on_after(DRAIN_ON_CLOSE_S + 1):
+            for drained in self._drained:
+                await drained.wait()
+        for scope in self._runners:
+            scope.cancel()
+
+
+async def _handle(name: str, handle: Any, event: Event) -> None:
+    try:
+        await handle(event)
+    except Exception:  # noqa: BLE001 - one bad sink must not stop the others
+        log.exception("event sink %s failed on %s", name, event.event)
+
+
+def _parse(payload: dict[str, Any]) -> Event | None:
+    try:
+        return Event.model_validate(payload)
+    except ValueError:
+        log.warning("skipping a malformed event in the shared log: %.200r", payload)
+        return None
 
 
 # -- the events of one change, built after it committed ---------------------------------------

@@ -76,5 +76,7 @@ def conveyor_event_sinks(app: Conveyor) -> EventSink | Sequence[EventSink] | Non
     report is committed, in commit order per job, from a background task with a bounded
     buffer: a slow sink never slows a push or ack, and when its buffer is full further events
     for that sink are counted as dropped and logged. Exceptions raised by ``handle`` are
-    logged and do not stop delivery of later events.
+    logged and do not stop delivery of later events. A sink's optional ``scope`` (``"node"``,
+    ``"cluster"`` or ``"once"``, see `EventSink`) chooses which nodes' events it gets when
+    several share one PostgreSQL; an unknown scope raises `PluginError` when the app opens.
     """

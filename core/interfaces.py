@@ -7,10 +7,22 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import Event, Job
 
+EVENT_SCOPES = ("node", "cluster", "once")
+
 
 @runtime_checkable
 class EventSink(Protocol):
-    """Receives lifecycle events after commit, one at a time, from its own task."""
+    """Receives lifecycle events after commit, one at a time, from its own task.
+
+    Two optional attributes: ``name`` (default: the class name; it names the sink in logs and
+    metrics and, for ``"once"``, its cluster-wide cursor) and ``scope``, which matters only
+    when several nodes share the storage (PostgreSQL):
+
+    - ``"node"`` (default): the events of changes made through this process (metrics, logs);
+    - ``"cluster"``: every node's events, each once per instance (live feeds: WebSocket);
+    - ``"once"``: every node's events, each delivered to exactly one node's instance of the
+      sink with this name (side effects that must not repeat: webhooks).
+    """
 
     async def handle(self, event: Event) -> None: ...
 

@@ -1,4 +1,5 @@
-"""The maintenance sweep: promote due delayed jobs, fail timed-out and stalled jobs, expire TTLs.
+"""The maintenance sweep: promote due delayed jobs, fail timed-out and stalled jobs, expire TTLs,
+and drop events older than ``event_retention_s`` from a shared event log.
 
 Runs in every process that opens a `Conveyor` (embedded and server mode alike). With several
 nodes, `Storage.exclusive` lets one node sweep at a time; every step re-checks its condition
@@ -28,6 +29,7 @@ class SweepReport:
     stalled: int = 0
     timed_out: int = 0
     expired: int = 0
+    pruned_events: int = 0
     skipped: bool = False
 
 
@@ -52,6 +54,8 @@ async def sweep(app: Conveyor) -> SweepReport:
             if overdue[kind]:
                 changed = await app.apply_failures(overdue[kind], decide, now)
                 setattr(report, kind, changed)
+        if storage.event_log is not None:
+            report.pruned_events = await storage.event_log.prune(now - int(app.settings.event_retention_s * 1000))
     return report
 
 

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from .errors import ConveyorError
 from .models import Job, JobState
+from .webhooks import Webhook
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,45 @@ class QueueRow:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+LoggedEvent = tuple[int, dict[str, Any]]
+"""(sequence number, event as wire JSON) from the shared event log."""
+
+
+class EventLog(abc.ABC):
+    """The event log of a storage several nodes share: how one node's events reach the others.
+
+    Appended events get increasing sequence numbers in commit order (a reader that has seen
+    ``seq`` never later finds a smaller one), so every node reading forward sees each event
+    exactly once. Readers are woken by `wait` when something is appended anywhere.
+    """
+
+    @abc.abstractmethod
+    async def append(self, events: Sequence[dict[str, Any]], now_ms: int) -> None:
+        """Append wire events in order, in one transaction, and wake every node's readers."""
+
+    @abc.abstractmethod
+    async def last_seq(self) -> int:
+        """The newest sequence number (0 when empty): where a new reader starts."""
+
+    @abc.abstractmethod
+    async def read(self, after: int, limit: int) -> list[LoggedEvent]:
+        """Up to ``limit`` events with a sequence number above ``after``, oldest first."""
+
+    @abc.abstractmethod
+    def consume(self, consumer: str, limit: int) -> AbstractAsyncContextManager[list[LoggedEvent] | None]:
+        """Take the cluster-wide cursor of ``consumer``: yields the next events after it (None
+        when another node holds it), and advances it past them when the block exits normally.
+        A new consumer starts at the newest event."""
+
+    @abc.abstractmethod
+    async def wait(self, timeout_s: float) -> None:
+        """Return when events may have been appended (by any node) or after ``timeout_s``."""
+
+    @abc.abstractmethod
+    async def prune(self, before_ms: int) -> int:
+        """Delete events appended before ``before_ms``; returns how many."""
+
+
 class Storage(abc.ABC):
     """A durable job store. Every method is one transaction; every write is durable on return.
 
@@ -130,6 +170,8 @@ class Storage(abc.ABC):
     """
 
     url: str
+    event_log: EventLog | None = None
+    """Set by storages that several nodes share (PostgreSQL); None for a single process."""
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -216,3 +258,16 @@ class Storage(abc.ABC):
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
         """Best-effort cluster-wide lock for a maintenance sweep: yields whether this node holds
         it. Correctness never depends on it (every sweep is safe to run twice); it saves work."""
+
+    # -- webhook registrations ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_webhook(self, webhook: Webhook) -> None: ...
+
+    @abc.abstractmethod
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every registration, oldest first, secrets included (for signing)."""
+
+    @abc.abstractmethod
+    async def delete_webhook(self, webhook_id: UUID) -> bool:
+        """Remove a registration; False if there was none with that id."""

@@ -14,7 +14,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from .models import AckResult, FlowStep, FlowSummary, Job, JobSpec, JobState, QueueCounts, QueueInfo
+from .models import AckResult, EventName, FlowStep, FlowSummary, Job, JobSpec, JobState, QueueCounts, QueueInfo
+from .webhooks import WebhookSpec
 
 
 class _Params(BaseModel):
@@ -120,6 +121,15 @@ class SubmitFlowParams(_Params):
     steps: list[FlowStep]
 
 
+class WebhookCreateParams(WebhookSpec):
+    """``url`` (http or https), ``events`` (dotted or snake_case names; empty: all), ``queues``
+    (empty: all) and an optional ``secret`` for the HMAC-SHA256 signature."""
+
+
+class WebhookIdParams(_Params):
+    id: UUID
+
+
 # -- responses -----------------------------------------------------------------------------------
 
 
@@ -179,6 +189,29 @@ class FlowStatusResponse(Ok):
 class FlowSubmittedResponse(Ok):
     flow_id: str
     ids: dict[str, UUID]
+
+
+class WebhookInfo(BaseModel):
+    """A registration as the API shows it: the secret never leaves the server."""
+
+    id: UUID
+    url: str
+    events: list[EventName]
+    queues: list[str]
+    has_secret: bool
+    created_at: datetime
+
+
+class WebhookResponse(Ok):
+    webhook: WebhookInfo
+
+
+class WebhookCreatedResponse(WebhookResponse):
+    id: UUID
+
+
+class WebhooksResponse(Ok):
+    webhooks: list[WebhookInfo]
 
 
 class HealthResponse(Ok):

@@ -14,6 +14,7 @@ from conveyor.hookspecs import hookimpl
 if TYPE_CHECKING:
     from conveyor import Conveyor
 
+    from ._hub import EventHub
     from .server import HttpServer
 
 
@@ -22,3 +23,11 @@ def conveyor_protocols(app: Conveyor) -> HttpServer:
     from .server import HttpServer  # FastAPI and uvicorn load only in server mode
 
     return HttpServer(app)
+
+
+@hookimpl
+def conveyor_event_sinks(app: Conveyor) -> EventHub:
+    """The WebSocket clients of ``GET /api/v1/events`` (idle until a server has clients)."""
+    from ._hub import hub_for
+
+    return hub_for(app)

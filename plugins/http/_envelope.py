@@ -5,6 +5,7 @@ FastAPI), unknown routes, oversize bodies and unexpected crashes."""
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -66,7 +67,8 @@ def install_error_handlers(api: FastAPI) -> None:
 
 class BearerAuthMiddleware:
     """Refuses every request but those to ``public`` paths unless it carries an accepted
-    ``Authorization: Bearer <token>`` (the kernel's `TokenAuth`, shared with TCP)."""
+    ``Authorization: Bearer <token>`` (the kernel's `TokenAuth`, shared with TCP). Browsers
+    cannot set headers on a WebSocket, so a WebSocket may give ``?token=`` instead."""
 
     def __init__(self, app: ASGIApp, auth: TokenAuth, public: frozenset[str]) -> None:
         self.app, self.auth, self.public = app, auth, public
@@ -75,7 +77,10 @@ class BearerAuthMiddleware:
         if scope["type"] in ("http", "websocket") and scope["path"] not in self.public:
             header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             try:
-                self.auth.check_header(header.decode("latin-1") if header is not None else None)
+                if header is None and scope["type"] == "websocket" and (token := _query_token(scope)) is not None:
+                    self.auth.check(token)
+                else:
+                    self.auth.check_header(header.decode("latin-1") if header is not None else None)
             except UnauthorizedError as exc:
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008, "reason": exc.message})
@@ -83,3 +88,8 @@ class BearerAuthMiddleware:
                 await conveyor_error_response(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _query_token(scope: Scope) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None

@@ -14,6 +14,7 @@ from conveyor import Conveyor, __version__
 from conveyor.auth import TokenAuth
 
 from ._envelope import BearerAuthMiddleware, install_error_handlers
+from .events import RequestMetricsMiddleware, events_router
 from .routes import BODY_SCHEMAS, public_router, router
 
 PUBLIC_PATHS = frozenset({
@@ -45,11 +46,12 @@ def build_api(app: Conveyor) -> FastAPI:
     )
     api.state.conveyor = app
     api.state.max_request_bytes = app.settings.max_request_bytes
-    api.router.routes.extend([*router.routes, *public_router.routes])  # flat: matched without nesting
+    api.router.routes.extend([*router.routes, *public_router.routes, *events_router.routes])  # flat, no nesting
     install_error_handlers(api)
     auth = TokenAuth(app.settings.auth_tokens)
     if auth.enabled:
         api.add_middleware(BearerAuthMiddleware, auth=auth, public=PUBLIC_PATHS)
+    api.add_middleware(RequestMetricsMiddleware, conveyor=app)  # outermost: refusals are counted too
     api.openapi = lambda: _openapi(api)  # type: ignore[method-assign]
     return api
 

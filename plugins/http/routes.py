@@ -69,7 +69,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "VALIDATION_ERROR: bad input; `details.field` names it",
         401: "UNAUTHORIZED: missing or wrong bearer token",
-        404: "JOB_NOT_FOUND (or NOT_FOUND for an unknown route)",
+        404: "JOB_NOT_FOUND, WEBHOOK_NOT_FOUND (or NOT_FOUND for an unknown route)",
         409: "INVALID_STATE or DUPLICATE_KEY",
         413: "VALIDATION_ERROR: a size limit (body, data, metadata, names) was exceeded",
         415: "VALIDATION_ERROR: the body is not sent as application/json",
@@ -261,6 +261,36 @@ async def submit_flow(request: Request) -> JSONResponse:
 @router.get("/flows/{flow_id}", response_model=wire.FlowStatusResponse, summary="A flow's jobs and counts")
 async def flow_status(request: Request, flow_id: str) -> JSONResponse:
     return await _run(request, "flow", {"flow_id": flow_id})
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/webhooks", status_code=201, response_model=wire.WebhookCreatedResponse,
+    summary="Register a webhook (events and queues filter; secret signs the payload)",
+    openapi_extra=_body(wire.WebhookCreateParams),
+)  # fmt: skip
+async def create_webhook(request: Request) -> JSONResponse:
+    body = await _body_of(request)
+    if body is None:
+        raise ValidationError("request body is required: {url, events, queues, secret}", field="body")
+    return await _run(request, "webhook_create", _merge(body), 201)
+
+
+@router.get("/webhooks", response_model=wire.WebhooksResponse, summary="List webhooks (secrets are never returned)")
+async def list_webhooks(request: Request) -> JSONResponse:
+    return await _run(request, "webhook_list", {})
+
+
+@router.get("/webhooks/{webhook_id}", response_model=wire.WebhookResponse, summary="Get a webhook")
+async def get_webhook(request: Request, webhook_id: str) -> JSONResponse:
+    return await _run(request, "webhook_get", {"id": webhook_id})
+
+
+@router.delete("/webhooks/{webhook_id}", response_model=wire.Ok, summary="Delete a webhook")
+async def delete_webhook(request: Request, webhook_id: str) -> JSONResponse:
+    return await _run(request, "webhook_delete", {"id": webhook_id})
 
 
 # -- public -------------------------------------------------------------------------------------

@@ -16,8 +16,10 @@ from sqlalchemy import Connection
 
 from conveyor.models import Job
 from conveyor.storage import Decide, Modified, QueueRow, ResolveParents, Storage, Transition
+from conveyor.webhooks import Webhook
 
 from . import primitives as p
+from . import registry
 
 T = TypeVar("T")
 
@@ -106,6 +108,15 @@ class SqlStorage(Storage, abc.ABC):
 
     async def wait_for_jobs(self, queue: str, timeout_s: float) -> None:
         await self.wakeups.wait(queue, timeout_s)
+
+    async def insert_webhook(self, webhook: Webhook) -> None:
+        await self._run(_plain(registry.insert_webhook), webhook)
+
+    async def list_webhooks(self) -> list[Webhook]:
+        return await self._run(_plain(registry.list_webhooks), read_only=True)
+
+    async def delete_webhook(self, webhook_id: UUID) -> bool:
+        return await self._run(_plain(registry.delete_webhook), webhook_id)
 
 
 def _with_woken(fn: Callable[..., set[str]]) -> Callable[..., tuple[None, set[str]]]:

@@ -26,12 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
+from .event_log import EVENTS_KEY, PostgresEventLog
 from .primitives import ensure_schema
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 CHANNEL = "conveyor_jobs"
+EVENTS_CHANNEL = "conveyor_events"
 PAYLOAD_SEPARATOR = "/"
 """Notifications carry ``schema/queue``: deployments in different schemas of one database
 share the channel but not each other's wake-ups."""
@@ -63,6 +65,12 @@ class PostgresStorage(SqlStorage):
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._listener: asyncio.Task[None] | None = None
+        self.event_log = PostgresEventLog(
+            lambda: self._engine,
+            self.wakeups,
+            _lock_key("events", self.schema),
+            lambda: (EVENTS_CHANNEL, self._channel_payload("")),
+        )
 
     async def open(self) -> None:
         connect_args: dict[str, Any] = {}
@@ -155,12 +163,16 @@ class PostgresStorage(SqlStorage):
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    await conn.execute(f"LISTEN {EVENTS_CHANNEL}")
                     ready.set()
                     delay = 0.1
                     self.wakeups.wake_all()  # anything pushed while we were not listening
                     mine = self._channel_payload("")
                     async for note in conn.notifies():
-                        if note.payload.startswith(mine):
+                        if note.channel == EVENTS_CHANNEL:
+                            if note.payload == mine:
+                                self.wakeups.wake({EVENTS_KEY})
+                        elif note.payload.startswith(mine):
                             self.wakeups.wake({note.payload[len(mine) :]})
             except asyncio.CancelledError:
                 raise

@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: jobs, queues, dependencies. 2: webhooks and the shared event log (new tables only)."""
 
 PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
 ACTIVE_SQL = "state = 'active'"
@@ -120,8 +121,46 @@ class MetaRow(SQLModel, table=True):
     value: str = Field(sa_type=Text)
 
 
+class WebhookRow(SQLModel, table=True):
+    __tablename__ = "conveyor_webhooks"
+
+    id: uuid.UUID = Field(primary_key=True)
+    url: str = Field(sa_type=Text)
+    events: str = Field(sa_type=Text)
+    """JSON list of dotted event names; empty: every event."""
+    queues: str = Field(sa_type=Text)
+    secret: str | None = Field(default=None, sa_type=Text)
+    created_at: int = Field(sa_column=_ms(nullable=False))
+
+
+class EventRow(SQLModel, table=True):
+    """The shared event log (PostgreSQL): appended in commit order, read forward by every node."""
+
+    __tablename__ = "conveyor_events"
+    __table_args__ = (Index("ix_conveyor_events_created", "created_at"),)
+
+    seq: int | None = Field(
+        default=None,
+        sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    )
+    payload: str = Field(sa_type=Text)
+    created_at: int = Field(sa_column=_ms(nullable=False))
+
+
+class EventConsumerRow(SQLModel, table=True):
+    """Cluster-wide cursor of a sink that must see each event once across all nodes."""
+
+    __tablename__ = "conveyor_event_consumers"
+
+    name: str = Field(primary_key=True, max_length=128)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 jobs = JobRow.__table__  # type: ignore[attr-defined]
 queues = QueueRow.__table__  # type: ignore[attr-defined]
 deps = DependencyRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
+webhooks = WebhookRow.__table__  # type: ignore[attr-defined]
+events = EventRow.__table__  # type: ignore[attr-defined]
+event_consumers = EventConsumerRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata

@@ -63,6 +63,12 @@ async def test_every_command_answers_in_its_documented_shape(app: Conveyor) -> N
     [flow_a] = (await call("pull", queue="f", count=2))["jobs"]
     results = (await call("ack_batch", items=[{"id": flow_a["id"], "result": 1}, {"id": flow_a["id"]}]))["results"]
     assert [r["ok"] for r in results] == [True, False]
+    created = await call("webhook_create", url="https://hooks.example.com/x", events=["job_dlq"], secret="k")
+    assert created["webhook"]["events"] == ["job.dlq"] and created["webhook"]["has_secret"] is True
+    assert (await call("webhook_get", id=created["id"]))["webhook"] == created["webhook"]
+    assert (await call("webhook_list"))["webhooks"] == [created["webhook"]]
+    await call("webhook_delete", id=created["id"])
+    assert (await call("webhook_list"))["webhooks"] == []
     assert used == set(commands.COMMANDS), set(commands.COMMANDS) - used
 
 

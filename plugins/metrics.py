@@ -1,0 +1,62 @@
+"""Built-in ``metrics`` plugin: Conveyor's Prometheus metrics, fed by the event-sink hook.
+
+When it loads it installs a private Prometheus registry unless the host application installed
+its own recorder first (``app.metrics.install_external_prometheus_recorder(registry)`` or
+``install_external_recorder(recorder)`` before ``open()``). Its sink counts this node's events
+per queue; queue depth gauges are read from storage every ``metrics_refresh_s`` and before each
+scrape. The kernel records pulls and command latency, the ``http`` plugin request metrics and
+the ``webhooks`` plugin delivery outcomes, all through ``app.metrics``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from conveyor.hookspecs import hookimpl
+from conveyor.models import Event, QueueCounts
+
+if TYPE_CHECKING:
+    from conveyor import Conveyor
+
+COUNTED = {
+    "job.pushed": "jobs_pushed_total",
+    "job.completed": "jobs_completed_total",
+    "job.failed": "jobs_failed_total",
+    "job.dlq": "jobs_dlq_total",
+    "job.cancelled": "jobs_cancelled_total",
+}
+STATES = tuple(QueueCounts.model_fields)
+
+
+@hookimpl
+def conveyor_event_sinks(app: Conveyor) -> MetricsSink:
+    app.metrics.install_default_prometheus_if_unset()
+    sink = MetricsSink(app)
+    app.metrics.add_refresher(sink.refresh_queue_depths)
+    return sink
+
+
+class MetricsSink:
+    name = "metrics"
+    scope = "node"  # each node counts what it did; Prometheus sums the nodes
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+
+    async def handle(self, event: Event) -> None:
+        if (metric := COUNTED.get(event.event)) is not None:
+            self.app.metrics.inc(metric, event.queue)
+
+    async def run(self) -> None:
+        """Keep the depth gauges fresh for registries scraped by someone else."""
+        while True:
+            await self.app.metrics.refresh()
+            await anyio.sleep(self.app.settings.metrics_refresh_s)
+
+    async def refresh_queue_depths(self) -> None:
+        for info in await self.app.queues():
+            counts = info.counts.model_dump()
+            for state in STATES:
+                self.app.metrics.set("queue_jobs", counts[state], info.name, state)

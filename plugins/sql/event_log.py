@@ -1,0 +1,113 @@
+"""The shared event log on PostgreSQL: how events raised on one node reach the others.
+
+Appends take a transaction-scoped advisory lock before drawing sequence numbers, so numbers
+are handed out in commit order and a reader moving forward can never skip an event that
+commits late. Each append sends one NOTIFY; every node's LISTEN connection wakes its readers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from conveyor.errors import StorageError
+from conveyor.storage import EventLog, LoggedEvent
+
+from .base import Wakeups
+from .tables import event_consumers, events
+
+EVENTS_KEY = "\x00events"
+"""The `Wakeups` key for appended events: no queue name can contain NUL."""
+
+
+class PostgresEventLog(EventLog):
+    def __init__(
+        self,
+        engine: Callable[[], AsyncEngine | None],
+        wakeups: Wakeups,
+        lock_key: int,
+        notify: Callable[[], tuple[str, str]],
+    ) -> None:
+        self._engine = engine
+        self._wakeups = wakeups
+        self._lock_key = lock_key
+        self._notify = notify
+
+    def _open_engine(self) -> AsyncEngine:
+        engine = self._engine()
+        if engine is None:
+            raise StorageError("storage is closed")
+        return engine
+
+    async def append(self, batch: Sequence[dict[str, Any]], now_ms: int) -> None:
+        if not batch:
+            return
+        channel, payload = self._notify()
+        async with self._open_engine().begin() as conn:
+            await conn.execute(select(func.pg_advisory_xact_lock(self._lock_key)))
+            await conn.execute(
+                insert(events), [{"payload": json.dumps(event), "created_at": now_ms} for event in batch]
+            )
+            await conn.execute(select(func.pg_notify(channel, payload)))
+
+    async def last_seq(self) -> int:
+        async with self._open_engine().connect() as conn:
+            return int(await conn.scalar(select(func.coalesce(func.max(events.c.seq), 0))) or 0)
+
+    async def read(self, after: int, limit: int) -> list[LoggedEvent]:
+        async with self._open_engine().connect() as conn:
+            rows = await conn.execute(
+                select(events.c.seq, events.c.payload).where(events.c.seq > after).order_by(events.c.seq).limit(limit)
+            )
+            return [(seq, json.loads(payload)) for seq, payload in rows]
+
+    @asynccontextmanager
+    async def consume(self, consumer: str, limit: int) -> AsyncIterator[list[LoggedEvent] | None]:
+        async with self._open_engine().connect() as conn:
+            start = select(func.coalesce(func.max(events.c.seq), 0)).scalar_subquery()
+            await conn.execute(
+                pg_insert(event_consumers)
+                .values(name=consumer, seq=start)
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            await conn.commit()
+            cursor = await conn.scalar(
+                select(event_consumers.c.seq)
+                .where(event_consumers.c.name == consumer)
+                .with_for_update(skip_locked=True)
+            )
+            if cursor is None:  # another node is consuming right now
+                await conn.rollback()
+                yield None
+                return
+            rows = await conn.execute(
+                select(events.c.seq, events.c.payload).where(events.c.seq > cursor).order_by(events.c.seq).limit(limit)
+            )
+            batch = [(seq, json.loads(payload)) for seq, payload in rows]
+            try:
+                yield batch
+            except BaseException:
+                await conn.rollback()
+                raise
+            if batch:
+                await conn.execute(
+                    update(event_consumers).where(event_consumers.c.name == consumer).values(seq=batch[-1][0])
+                )
+            await conn.commit()
+
+    async def wait(self, timeout_s: float) -> None:
+        await self._wakeups.wait(EVENTS_KEY, timeout_s)
+
+    async def prune(self, before_ms: int) -> int:
+        async with self._open_engine().begin() as conn:
+            result = await conn.execute(delete(events).where(events.c.created_at < before_ms))
+            return int(result.rowcount or 0)
+
+
+__all__ = ["EVENTS_KEY", "PostgresEventLog"]

@@ -1,0 +1,130 @@
+"""Built-in ``webhooks`` plugin: POST each lifecycle event to the registered receivers.
+
+An event sink like any third-party one (block it with ``disable_plugins=["webhooks"]``). Its
+scope is ``"once"``: with several nodes on one PostgreSQL each event is delivered by exactly one
+of them. Registrations live in the database (`Conveyor.add_webhook`); this sink re-reads them at
+most once a second, and at once after a change made through its own `Conveyor`.
+
+Delivery never holds up the queue: `handle` only hands each matching (webhook, event) pair to
+the sink's own task group, which sends it with ``webhook_concurrency`` requests in flight, a
+``webhook_timeout_s`` timeout per attempt and ``webhook_retries`` retries with exponential
+backoff after any non-2xx answer or network error. At most ``webhook_max_pending`` deliveries
+wait or retry at once; beyond that new ones are dropped, counted and logged. Deliveries still
+pending when the process stops are lost (they are not written to the database).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import httpx
+
+from conveyor.hookspecs import hookimpl
+from conveyor.models import Event
+from conveyor.webhooks import Webhook, headers, payload
+
+if TYPE_CHECKING:
+    from conveyor import Conveyor
+
+log = logging.getLogger("conveyor.webhooks")
+CACHE_S = 1.0
+"""Registrations made on another node are picked up within this long."""
+LOG_EVERY_S = 10.0
+
+
+@hookimpl
+def conveyor_event_sinks(app: Conveyor) -> WebhookSink:
+    return WebhookSink(app)
+
+
+class WebhookSink:
+    name = "webhooks"
+    scope = "once"
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        settings = app.settings
+        self.timeout_s = settings.webhook_timeout_s
+        self.retries = settings.webhook_retries
+        self.retry_base_s = settings.webhook_retry_base_ms / 1000
+        self.max_pending = settings.webhook_max_pending
+        self.pending = 0
+        self.dropped = 0
+        self._limiter = anyio.CapacityLimiter(settings.webhook_concurrency)
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[Webhook, Event]](self.max_pending)
+        self._cache: list[Webhook] = []
+        self._loaded_at = float("-inf")
+        self._version = -1
+        self._last_warning = float("-inf")
+
+    async def handle(self, event: Event) -> None:
+        for webhook in await self._registrations():
+            if webhook.wants(event):
+                self._schedule(webhook, event)
+
+    async def run(self) -> None:
+        """Send what `handle` scheduled, until the dispatcher stops the sink."""
+        timeout = httpx.Timeout(self.timeout_s)
+        async with (
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+            anyio.create_task_group() as tg,
+            self._receive,
+        ):
+            async for webhook, event in self._receive:
+                tg.start_soon(self._deliver, client, webhook, event)
+
+    async def _registrations(self) -> list[Webhook]:
+        now = time.monotonic()
+        if self._version != self.app.webhooks_version or now - self._loaded_at >= CACHE_S:
+            self._version = self.app.webhooks_version
+            self._cache = await self.app.webhooks()
+            self._loaded_at = now
+        return self._cache
+
+    def _schedule(self, webhook: Webhook, event: Event) -> None:
+        if self.pending >= self.max_pending:
+            self.dropped += 1
+            self.app.metrics.inc("webhook_deliveries_total", "dropped")
+            self._warn("%d webhook deliveries pending: dropped %s for %s", self.pending, event.event, webhook.url)
+            return
+        self.pending += 1
+        self._send.send_nowait((webhook, event))  # the buffer holds max_pending: never full here
+
+    async def _deliver(self, client: httpx.AsyncClient, webhook: Webhook, event: Event) -> None:
+        body = json.dumps(payload(webhook, event), separators=(",", ":")).encode()
+        sent_headers = headers(webhook, event, body)
+        try:
+            for attempt in range(self.retries + 1):
+                if attempt:
+                    self.app.metrics.inc("webhook_deliveries_total", "retried")
+                    await anyio.sleep(self.retry_base_s * 2 ** (attempt - 1))
+                async with self._limiter:
+                    problem = await _post(client, webhook.url, body, sent_headers)
+                if problem is None:
+                    self.app.metrics.inc("webhook_deliveries_total", "delivered")
+                    return
+            self.app.metrics.inc("webhook_deliveries_total", "failed")
+            self._warn("webhook %s gave up on %s after %d attempts: %s", webhook.url, event.event, attempt + 1, problem)
+        finally:
+            self.pending -= 1
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= LOG_EVERY_S:
+            self._last_warning = now
+            log.warning(message, *args)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, sent_headers: dict[str, str]) -> str | None:
+    """None when the receiver answered 2xx, else what went wrong."""
+    try:
+        response = await client.post(url, content=body, headers=sent_headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if 200 <= response.status_code < 300:
+        return None
+    return f"HTTP {response.status_code}"

@@ -1,0 +1,71 @@
+"""Event sink plumbing in process: the WebSocket hub drops a client that falls behind instead
+of buffering without bound, filters per client, and a sink's scope is validated at open."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import anyio
+import pytest
+
+from conveyor import Conveyor, Event, PluginError, hookimpl
+from conveyor.plugins.http._hub import EventHub, _Subscriber
+
+pytestmark = pytest.mark.anyio
+
+
+def event(name: str = "job.pushed", queue: str = "q") -> Event:
+    return Event(event=name, job_id=uuid4(), queue=queue, timestamp=datetime.now(UTC))  # type: ignore[arg-type]
+
+
+async def test_a_client_that_falls_behind_is_dropped_and_others_keep_receiving() -> None:
+    hub = EventHub(buffer=3)
+    slow_send, slow_receive = anyio.create_memory_object_stream[str](3)
+    fast_send, fast_receive = anyio.create_memory_object_stream[str](100)
+    slow = _Subscriber(slow_send, frozenset(), frozenset())
+    fast = _Subscriber(fast_send, frozenset(), frozenset())
+    hub.subscribers |= {slow, fast}
+    for _ in range(4):
+        await hub.handle(event())
+    assert slow.too_slow and slow not in hub.subscribers
+    assert fast in hub.subscribers and not fast.too_slow
+    assert len([frame async for frame in slow_receive]) == 3  # what it had, then the end
+    await hub.handle(event())
+    fast_send.close()
+    assert len([frame async for frame in fast_receive]) == 5
+
+
+async def test_each_client_gets_only_what_its_filters_ask_for() -> None:
+    hub = EventHub(buffer=10)
+    send, receive = anyio.create_memory_object_stream[str](10)
+    hub.subscribers.add(_Subscriber(send, frozenset({"job.completed"}), frozenset({"a"})))
+    for name, queue in [("job.pushed", "a"), ("job.completed", "b"), ("job.completed", "a")]:
+        await hub.handle(event(name, queue))
+    send.close()
+    frames = [json.loads(frame) async for frame in receive]
+    assert [(f["event"], f["queue"]) for f in frames] == [("job.completed", "a")]
+
+
+class BadScope:
+    scope = "galaxy"
+
+    async def handle(self, event: Event) -> None:
+        pass
+
+
+class BadScopePlugin:
+    @hookimpl
+    def conveyor_event_sinks(self, app: Conveyor) -> BadScope:
+        return BadScope()
+
+
+async def test_an_unknown_sink_scope_is_refused_when_the_app_opens() -> None:
+    plugin = BadScopePlugin()
+    app = Conveyor("sqlite:///:memory:", plugins=[plugin], plugin_autoload=False, maintenance=False)
+    try:
+        with pytest.raises(PluginError, match="scope 'galaxy'"):
+            await app.open()
+    finally:
+        app.pm.unregister(plugin)
