@@ -14,14 +14,14 @@ events, which are all the events there are.
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import lifecycle
 from .errors import PluginError
@@ -52,6 +52,24 @@ def sink_scope(sink: EventSink) -> str:
     return str(scope)
 
 
+class _Feed:
+    """One consumer's buffer: batches of events (one per operation, so a 1,000-job batch
+    costs one hand-over, not 1,000), bounded by the number of events they hold."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.pending = 0
+        self.send, self.receive = anyio.create_memory_object_stream[list[Event]](math.inf)
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        async with self.receive:
+            async for batch in self.receive:
+                try:
+                    yield batch
+                finally:
+                    self.pending -= len(batch)
+
+
 class EventDispatcher:
     def __init__(
         self,
@@ -65,12 +83,13 @@ class EventDispatcher:
         self.metrics = metrics
         self.event_log = event_log
         self.dropped = 0
-        self._streams: list[tuple[str, MemoryObjectSendStream[Event]]] = []
+        self._feeds: list[_Feed] = []
+        """Fed by `emit`: this node's sinks, and the publisher to the shared log."""
+        self._following: list[_Feed] = []
+        """``"cluster"`` sinks on a shared storage, fed from the shared log instead."""
         self._scopes: list[anyio.CancelScope] = []
         self._followers: list[anyio.CancelScope] = []
         self._runners: list[anyio.CancelScope] = []
-        self._following: list[tuple[str, MemoryObjectSendStream[Event]]] = []
-        """Streams of ``"cluster"`` sinks, fed from the shared log rather than by `emit`."""
         self._drained: list[anyio.Event] = []
         self._last_warning = 0.0
         for sink in self.sinks:
@@ -79,35 +98,26 @@ class EventDispatcher:
     @property
     def active(self) -> bool:
         """Whether anyone listens; callers skip building events when not."""
-        return bool(self._streams)
+        return bool(self._feeds)
 
     async def start(self, tg: TaskGroup) -> None:
         shared = self.event_log
-        following = self._following
         for sink in self.sinks:
-            scope = sink_scope(sink)
+            scope, name = sink_scope(sink), sink_name(sink)
             if callable(run := getattr(sink, "run", None)):
                 self._follow(tg, run, stop_last=True)
             if shared is not None and scope == "once":
                 self._follow(tg, self._consume, shared, sink)
                 continue
-            send = self._start_sink(tg, sink_name(sink), sink.handle)
-            (following if shared is not None and scope == "cluster" else self._streams).append((sink_name(sink), send))
+            feed = _Feed(name)
+            (self._following if shared is not None and scope == "cluster" else self._feeds).append(feed)
+            tg.start_soon(self._deliver, feed, sink.handle, name=f"conveyor-sink:{name}")
         if shared is not None:
-            send = self._start_sink(tg, "event-log", None, publish=shared)
-            self._streams.append(("event-log", send))
-            if following:
-                self._follow(tg, self._read_log, shared, following, await shared.last_seq())
-
-    def _start_sink(
-        self, tg: TaskGroup, name: str, handle: Any, publish: EventLog | None = None
-    ) -> MemoryObjectSendStream[Event]:
-        send, receive = anyio.create_memory_object_stream[Event](self.buffer)
-        if publish is not None:
-            tg.start_soon(self._publish, publish, receive, name=f"conveyor-events:{name}")
-        else:
-            tg.start_soon(self._deliver, name, handle, receive, name=f"conveyor-sink:{name}")
-        return send
+            feed = _Feed("event-log")
+            self._feeds.append(feed)
+            tg.start_soon(self._publish, shared, feed, name="conveyor-events:publish")
+            if self._following:
+                self._follow(tg, self._read_log, shared, await shared.last_seq())
 
     def _follow(self, tg: TaskGroup, loop: Any, *args: Any, stop_last: bool = False) -> None:
         """Run ``loop`` until `close`: at once, or (``stop_last``) after the buffers drained."""
@@ -121,32 +131,33 @@ class EventDispatcher:
 
         tg.start_soon(run, name=f"conveyor-events:{loop.__name__}")
 
-    def emit(self, events: Iterable[Event]) -> None:
-        for name, stream in self._streams:
-            for event in events:
-                self._offer(name, stream, event)
+    def emit(self, events: list[Event]) -> None:
+        """Hand the events of one operation to every feed, never waiting."""
+        for feed in self._feeds:
+            self._offer(feed, events)
 
-    def _offer(self, name: str, stream: MemoryObjectSendStream[Event], event: Event) -> None:
+    def _offer(self, feed: _Feed, events: list[Event]) -> None:
+        if feed.pending + len(events) > self.buffer:
+            self._drop(feed.name, events)
+            return
         try:
-            stream.send_nowait(event)
-        except anyio.WouldBlock:
-            self._drop(name, event)
+            feed.send.send_nowait(events)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
+            return
+        feed.pending += len(events)
 
-    def _drop(self, name: str, event: Event) -> None:
-        self.dropped += 1
+    def _drop(self, name: str, events: list[Event]) -> None:
+        self.dropped += len(events)
         if self.metrics is not None:
-            self.metrics.inc("events_dropped_total", name)
+            self.metrics.inc("events_dropped_total", name, amount=len(events))
         now = time.monotonic()
         if now - self._last_warning >= LOG_EVERY_S:
             self._last_warning = now
             log.warning(
-                "event sink %s buffer full (%d): dropped %s for job %s (%d dropped so far)",
+                "event sink %s buffer full (%d events): dropped %d events (%d dropped so far)",
                 name,
                 self.buffer,
-                event.event,
-                event.job_id,
+                len(events),
                 self.dropped,
             )
 
@@ -162,24 +173,25 @@ class EventDispatcher:
         finally:
             drained.set()
 
-    async def _deliver(self, name: str, handle: Any, receive: MemoryObjectReceiveStream[Event]) -> None:
+    async def _deliver(self, feed: _Feed, handle: Any) -> None:
         with self._draining():
-            async with receive:
-                async for event in receive:
-                    await _handle(name, handle, event)
+            async for batch in feed.batches():
+                for event in batch:
+                    await _handle(feed.name, handle, event)
 
-    async def _publish(self, shared: EventLog, receive: MemoryObjectReceiveStream[Event]) -> None:
+    async def _publish(self, shared: EventLog, feed: _Feed) -> None:
         """Append this node's events to the shared log, as many per transaction as are waiting."""
         with self._draining():
-            async with receive:
-                async for first in receive:
-                    batch = [first.to_wire()]
-                    while len(batch) < LOG_BATCH:
-                        try:
-                            batch.append(receive.receive_nowait().to_wire())
-                        except (anyio.WouldBlock, anyio.EndOfStream):
-                            break
-                    await self._append(shared, batch)
+            async for first in feed.batches():
+                batch = [event.to_wire() for event in first]
+                while len(batch) < LOG_BATCH:
+                    try:
+                        more = feed.receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    feed.pending -= len(more)
+                    batch.extend(event.to_wire() for event in more)
+                await self._append(shared, batch)
 
     async def _append(self, shared: EventLog, batch: list[dict[str, Any]]) -> None:
         try:
@@ -190,9 +202,7 @@ class EventDispatcher:
                 self.metrics.inc("events_dropped_total", "event-log", amount=len(batch))
             log.exception("could not append %d events to the shared event log", len(batch))
 
-    async def _read_log(
-        self, shared: EventLog, sinks: list[tuple[str, MemoryObjectSendStream[Event]]], after: int
-    ) -> None:
+    async def _read_log(self, shared: EventLog, after: int) -> None:
         """Feed ``"cluster"`` sinks from the shared log: every node's events, each once."""
         while True:
             try:
@@ -200,12 +210,11 @@ class EventDispatcher:
             except Exception:  # noqa: BLE001 - the database may come back
                 log.exception("reading the shared event log failed")
                 batch = []
-            for seq, payload in batch:
-                after = seq
-                event = _parse(payload)
-                if event is not None:
-                    for name, stream in sinks:
-                        self._offer(name, stream, event)
+            if batch:
+                after = batch[-1][0]
+                events = [event for _, payload in batch if (event := _parse(payload)) is not None]
+                for feed in self._following:
+                    self._offer(feed, events)
             if len(batch) < LOG_BATCH:
                 await shared.wait(LOG_POLL_S)
 
@@ -230,9 +239,9 @@ class EventDispatcher:
         then their ``run`` tasks are cancelled."""
         for scope in self._followers:
             scope.cancel()
-        streams, self._streams = self._streams + self._following, []
-        for _, stream in streams:
-            stream.close()
+        feeds, self._feeds = self._feeds + self._following, []
+        for feed in feeds:
+            feed.send.close()
         deadline = anyio.current_time() + DRAIN_ON_CLOSE_S
         for scope in self._scopes:
             scope.deadline = deadline

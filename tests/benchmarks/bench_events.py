@@ -10,6 +10,7 @@ Not part of the test run; numbers go to tests/benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,11 +19,11 @@ from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
 from conveyor import Conveyor  # noqa: E402
 from tests.benchmarks.bench_core import drain, single_push  # noqa: E402
-from tests.webhook_receiver import Receiver  # noqa: E402
 
 CONFIGS = ("sinks off", "built-in sinks", "webhook, fast receiver", "webhook, dead receiver")
 
@@ -35,7 +36,7 @@ async def measure(url: str, config: str, n: int, receiver_url: str | None) -> tu
         if receiver_url is not None:
             await app.add_webhook({"url": receiver_url, "secret": "bench"})
         pushed = await single_push(app, n, 16)
-        drained = await drain(app, n, 100)
+        drained = await drain(app, (await app.stats("bench")).waiting, 100)
         stats = {"event_drops": app.events.dropped}
         for sink in app.events.sinks:
             if getattr(sink, "name", "") == "webhooks":
@@ -43,18 +44,36 @@ async def measure(url: str, config: str, n: int, receiver_url: str | None) -> tu
     return pushed, drained, stats
 
 
+RECEIVERS = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.webhook_receiver import Receiver
+fast, dead = Receiver(), Receiver()
+dead.hold()
+with fast, dead:
+    print(fast.url, dead.url, flush=True)
+    sys.stdin.read()  # until the benchmark closes our stdin
+    print(len(fast.received), dead.held, flush=True)
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    fast, dead = Receiver(), Receiver()
-    dead.hold()
-    with fast, dead, tempfile.TemporaryDirectory() as tmp:
+    # The receivers run in a process of their own, as real ones would: in this process they
+    # would compete with the queue for the interpreter lock.
+    receivers = subprocess.Popen(
+        [sys.executable, "-c", RECEIVERS, str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert receivers.stdout is not None and receivers.stdin is not None
+    fast_url, dead_url = receivers.stdout.readline().split()
+    with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):  # interleaved: this machine's disk speed drifts
             for index, config in enumerate(CONFIGS):
                 url = f"sqlite:///{tmp}/r{round_no}c{index}.db"
-                target = {2: fast.url, 3: dead.url}.get(index)
+                target = {2: fast_url, 3: dead_url}.get(index)
                 started = time.perf_counter()
                 pushed, drained, stats = anyio.run(measure, url, config, args.jobs, target)
                 print(
@@ -62,8 +81,10 @@ def main() -> None:
                     f" | drain (pull+ack 100) {drained:7,.0f}/s | {stats}"
                     f" | {time.perf_counter() - started:5.1f} s"
                 )
-        print(f"fast receiver got {len(fast.received)} requests; dead receiver held {dead.held}")
-        dead.release()
+    receivers.stdin.close()
+    got, held = receivers.stdout.readline().split()
+    receivers.wait()
+    print(f"fast receiver got {got} requests; dead receiver held {held} without answering")
 
 
 if __name__ == "__main__":
