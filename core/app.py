@@ -129,9 +129,10 @@ class Conveyor(TaskHost):
                 self.metrics,
                 storage.event_log if self.settings.cluster_events else None,
             )
+            await self.events.prepare()
             self._tg = anyio.create_task_group()
             await self._tg.__aenter__()
-            await self.events.start(self._tg)
+            self.events.start(self._tg)  # only schedules tasks: nothing here can fail half-way
             if self.settings.maintenance:
                 self._tg.start_soon(self._maintain, name="conveyor-maintenance")
         except BaseException:

@@ -91,6 +91,7 @@ class EventDispatcher:
         self._followers: list[anyio.CancelScope] = []
         self._runners: list[anyio.CancelScope] = []
         self._drained: list[anyio.Event] = []
+        self._log_start = 0
         self._last_warning = 0.0
         for sink in self.sinks:
             sink_scope(sink)  # refuse a bad scope when the sink is registered, not on first event
@@ -100,7 +101,13 @@ class EventDispatcher:
         """Whether anyone listens; callers skip building events when not."""
         return bool(self._feeds)
 
-    async def start(self, tg: TaskGroup) -> None:
+    async def prepare(self) -> None:
+        """Read where the shared log ends, so ``"cluster"`` sinks start from now (before the
+        task group exists: a failure here leaves nothing running)."""
+        if self.event_log is not None and any(sink_scope(sink) == "cluster" for sink in self.sinks):
+            self._log_start = await self.event_log.last_seq()
+
+    def start(self, tg: TaskGroup) -> None:
         shared = self.event_log
         for sink in self.sinks:
             scope, name = sink_scope(sink), sink_name(sink)
@@ -117,7 +124,7 @@ class EventDispatcher:
             self._feeds.append(feed)
             tg.start_soon(self._publish, shared, feed, name="conveyor-events:publish")
             if self._following:
-                self._follow(tg, self._read_log, shared, await shared.last_seq())
+                self._follow(tg, self._read_log, shared, self._log_start)
 
     def _follow(self, tg: TaskGroup, loop: Any, *args: Any, stop_last: bool = False) -> None:
         """Run ``loop`` until `close`: at once, or (``stop_last``) after the buffers drained."""
@@ -219,23 +226,25 @@ class EventDispatcher:
                 await shared.wait(LOG_POLL_S)
 
     async def _consume(self, shared: EventLog, sink: EventSink) -> None:
-        """Feed a ``"once"`` sink from the shared log under its cluster-wide cursor."""
+        """Feed a ``"once"`` sink from the shared log: claim the next events under its
+        cluster-wide cursor (committed before they are handed over, so no event is handed out
+        twice, even if this node stops half-way through a batch), then hand them over."""
         name = sink_name(sink)
         while True:
-            count = 0
             try:
-                async with shared.consume(f"sink:{name}", LOG_BATCH) as batch:
-                    for _, payload in batch or ():
-                        count += 1
-                        if (event := _parse(payload)) is not None:
-                            await _handle(name, sink.handle, event)
+                batch = await shared.claim(f"sink:{name}", LOG_BATCH)
             except Exception:  # noqa: BLE001 - the database may come back
-                log.exception("consuming the shared event log for sink %s failed", name)
-            if count < LOG_BATCH:
+                log.exception("claiming events from the shared log for sink %s failed", name)
+                batch = []
+            for _, payload in batch:
+                if (event := _parse(payload)) is not None:
+                    await _handle(name, sink.handle, event)
+            if len(batch) < LOG_BATCH:
                 await shared.wait(LOG_POLL_S)
 
     async def close(self) -> None:
-        """Stop accepting events; sinks get up to ``DRAIN_ON_CLOSE_S`` to finish the buffer,
+        """Stop accepting events; sinks get up to ``DRAIN_ON_CLOSE_S`` to finish their buffer
+        and then their own work (an optional ``aclose()``, awaited until the same deadline);
         then their ``run`` tasks are cancelled."""
         for scope in self._followers:
             scope.cancel()
@@ -248,6 +257,13 @@ class EventDispatcher:
         with anyio.move_on_after(DRAIN_ON_CLOSE_S + 1):
             for drained in self._drained:
                 await drained.wait()
+        with anyio.move_on_after(max(deadline - anyio.current_time(), 0)):
+            for sink in self.sinks:
+                if callable(finish := getattr(sink, "aclose", None)):
+                    try:
+                        await finish()
+                    except Exception:  # noqa: BLE001 - the others still close
+                        log.exception("event sink %s failed to close", sink_name(sink))
         for scope in self._runners:
             scope.cancel()
 

@@ -107,7 +107,7 @@ class MetricsRegistry:
         self._recorder: Recorder | None = None
         self._prometheus: CollectorRegistry | None = None
         self._metrics: dict[str, Metric] = {}
-        self._refreshers: list[Refresher] = []
+        self._refreshers: dict[str, Refresher] = {}
 
     # -- installing ------------------------------------------------------------------------
 
@@ -180,13 +180,13 @@ class MetricsRegistry:
 
     # -- values computed on demand ---------------------------------------------------------
 
-    def add_refresher(self, refresh: Refresher) -> None:
-        """Register a coroutine function that updates gauges from their source; `refresh`
-        runs every one (a scrape does, before rendering)."""
-        self._refreshers.append(refresh)
+    def set_refresher(self, name: str, refresh: Refresher) -> None:
+        """Register (or replace: an app opened again) a coroutine function that updates gauges
+        from their source; `refresh` runs every one (a scrape does, before rendering)."""
+        self._refreshers[name] = refresh
 
     async def refresh(self) -> None:
-        for refresh in self._refreshers:
+        for refresh in list(self._refreshers.values()):
             try:
                 await refresh()
             except Exception:  # noqa: BLE001 - stale gauges beat a failed scrape

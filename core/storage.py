@@ -148,10 +148,11 @@ class EventLog(abc.ABC):
         """Up to ``limit`` events with a sequence number above ``after``, oldest first."""
 
     @abc.abstractmethod
-    def consume(self, consumer: str, limit: int) -> AbstractAsyncContextManager[list[LoggedEvent] | None]:
-        """Take the cluster-wide cursor of ``consumer``: yields the next events after it (None
-        when another node holds it), and advances it past them when the block exits normally.
-        A new consumer starts at the newest event."""
+    async def claim(self, consumer: str, limit: int) -> list[LoggedEvent]:
+        """Up to ``limit`` events after the cluster-wide cursor of ``consumer``, moving the
+        cursor past them in the same transaction: each event is claimed by one node only.
+        Empty when there is nothing new or another node is claiming right now. A new consumer
+        starts at the newest event."""
 
     @abc.abstractmethod
     async def wait(self, timeout_s: float) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from . import _limits as limits
@@ -97,13 +98,17 @@ def build_webhook(spec: WebhookSpec | dict[str, Any], now_ms: int, allowed_hosts
 
 
 def check_url(url: str, allowed_hosts: list[str]) -> str:
-    """An absolute http(s) URL with a host, on the allow-list when there is one."""
+    """An absolute http(s) URL with a host, on the allow-list when there is one, that the
+    HTTP client will accept when it is time to deliver."""
     limits.check_bytes("url", url, MAX_URL_BYTES)
+    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
+        raise ValidationError(f"url {url[:100]!r} contains spaces or control characters", field="url")
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises for a malformed port
-    except ValueError as exc:
+        httpx.Request("POST", url)  # what delivery will build, IDNA host names included
+    except (ValueError, httpx.InvalidURL) as exc:
         raise ValidationError(f"url {url[:100]!r} is malformed: {exc}", field="url") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValidationError(
@@ -130,6 +135,16 @@ def host_allowed(host: str, allowed_hosts: list[str]) -> bool:
         elif host == pattern:
             return True
     return False
+
+
+def redacted(url: str) -> str:
+    """``scheme://host[:port]`` of a webhook URL, for logs: paths and user info often hold
+    tokens (Slack-style hook URLs)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "<malformed url>"
 
 
 def payload(webhook: Webhook, event: Event) -> dict[str, Any]:
@@ -162,4 +177,7 @@ def headers(webhook: Webhook, event: Event, body: bytes) -> dict[str, str]:
     return values
 
 
-__all__ = ["EVENT_NAMES", "Webhook", "WebhookSpec", "build_webhook", "check_url", "headers", "payload", "signature"]
+__all__ = [
+    "EVENT_NAMES", "Webhook", "WebhookSpec", "build_webhook", "check_url", "headers", "host_allowed", "payload",
+    "redacted", "signature",
+]  # fmt: skip

@@ -34,7 +34,7 @@ STATES = tuple(QueueCounts.model_fields)
 def conveyor_event_sinks(app: Conveyor) -> MetricsSink:
     app.metrics.install_default_prometheus_if_unset()
     sink = MetricsSink(app)
-    app.metrics.add_refresher(sink.refresh_queue_depths)
+    app.metrics.set_refresher("queue_jobs", sink.refresh_queue_depths)
     return sink
 
 

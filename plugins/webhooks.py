@@ -9,8 +9,9 @@ Delivery never holds up the queue: `handle` only hands each matching (webhook, e
 the sink's own task group, which sends it with ``webhook_concurrency`` requests in flight, a
 ``webhook_timeout_s`` timeout per attempt and ``webhook_retries`` retries with exponential
 backoff after any non-2xx answer or network error. At most ``webhook_max_pending`` deliveries
-wait or retry at once; beyond that new ones are dropped, counted and logged. Deliveries still
-pending when the process stops are lost (they are not written to the database).
+wait or retry at once; beyond that new ones are dropped, counted and logged. On shutdown,
+pending deliveries get the host's drain time (5 s); what is still pending then is lost (it is
+not written to the database). Logs name a webhook by id and ``scheme://host`` only.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import httpx
 
 from conveyor.hookspecs import hookimpl
 from conveyor.models import Event
-from conveyor.webhooks import Webhook, headers, payload
+from conveyor.webhooks import Webhook, headers, host_allowed, payload, redacted
 
 if TYPE_CHECKING:
     from conveyor import Conveyor
@@ -56,6 +57,8 @@ class WebhookSink:
         self.dropped = 0
         self._limiter = anyio.CapacityLimiter(settings.webhook_concurrency)
         self._send, self._receive = anyio.create_memory_object_stream[tuple[Webhook, Event]](self.max_pending)
+        self._finished = anyio.Event()
+        self._allowed_hosts = settings.webhook_allowed_hosts
         self._cache: list[Webhook] = []
         self._loaded_at = float("-inf")
         self._version = -1
@@ -67,15 +70,24 @@ class WebhookSink:
                 self._schedule(webhook, event)
 
     async def run(self) -> None:
-        """Send what `handle` scheduled, until the dispatcher stops the sink."""
+        """Send what `handle` scheduled until `aclose`, then finish what is under way."""
         timeout = httpx.Timeout(self.timeout_s)
-        async with (
-            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
-            anyio.create_task_group() as tg,
-            self._receive,
-        ):
-            async for webhook, event in self._receive:
-                tg.start_soon(self._deliver, client, webhook, event)
+        try:
+            async with (
+                httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+                anyio.create_task_group() as tg,
+                self._receive,
+            ):
+                async for webhook, event in self._receive:
+                    tg.start_soon(self._deliver, client, webhook, event)
+        finally:
+            self._finished.set()
+
+    async def aclose(self) -> None:
+        """On shutdown, after the last events were handed over: let pending deliveries finish
+        (the host stops waiting at its drain deadline, and what is left is lost)."""
+        self._send.close()
+        await self._finished.wait()
 
     async def _registrations(self) -> list[Webhook]:
         now = time.monotonic()
@@ -86,18 +98,27 @@ class WebhookSink:
         return self._cache
 
     def _schedule(self, webhook: Webhook, event: Event) -> None:
-        if self.pending >= self.max_pending:
-            self.dropped += 1
-            self.app.metrics.inc("webhook_deliveries_total", "dropped")
-            self._warn("%d webhook deliveries pending: dropped %s for %s", self.pending, event.event, webhook.url)
-            return
-        self.pending += 1
-        self._send.send_nowait((webhook, event))  # the buffer holds max_pending: never full here
+        if self.pending < self.max_pending:
+            try:
+                self._send.send_nowait((webhook, event))  # holds max_pending: never full here
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # shutting down
+            else:
+                self.pending += 1
+                return
+        self.dropped += 1
+        self.app.metrics.inc("webhook_deliveries_total", "dropped")
+        self._warn("%d webhook deliveries pending: dropped %s for %s", self.pending, event.event, redacted(webhook.url))
 
     async def _deliver(self, client: httpx.AsyncClient, webhook: Webhook, event: Event) -> None:
         body = json.dumps(payload(webhook, event), separators=(",", ":")).encode()
         sent_headers = headers(webhook, event, body)
         try:
+            if self._allowed_hosts and not host_allowed(httpx.URL(webhook.url).host, self._allowed_hosts):
+                # registered before the allow-list was tightened: never sent
+                self.app.metrics.inc("webhook_deliveries_total", "failed")
+                self._warn("webhook %s: host %s is no longer allowed", webhook.id, redacted(webhook.url))
+                return
             for attempt in range(self.retries + 1):
                 if attempt:
                     self.app.metrics.inc("webhook_deliveries_total", "retried")
@@ -108,7 +129,10 @@ class WebhookSink:
                     self.app.metrics.inc("webhook_deliveries_total", "delivered")
                     return
             self.app.metrics.inc("webhook_deliveries_total", "failed")
-            self._warn("webhook %s gave up on %s after %d attempts: %s", webhook.url, event.event, attempt + 1, problem)
+            self._warn(
+                "webhook %s (%s) gave up on %s after %d attempts: %s",
+                webhook.id, redacted(webhook.url), event.event, attempt + 1, problem,
+            )  # fmt: skip
         finally:
             self.pending -= 1
 
@@ -120,11 +144,12 @@ class WebhookSink:
 
 
 async def _post(client: httpx.AsyncClient, url: str, body: bytes, sent_headers: dict[str, str]) -> str | None:
-    """None when the receiver answered 2xx, else what went wrong."""
+    """None when the receiver answered 2xx, else what went wrong (its type only: error texts
+    may repeat the URL, and with it a token)."""
     try:
         response = await client.post(url, content=body, headers=sent_headers)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, never a crash
+        return type(exc).__name__
     if 200 <= response.status_code < 300:
         return None
     return f"HTTP {response.status_code}"

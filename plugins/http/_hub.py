@@ -107,8 +107,8 @@ class EventHub:
                 if sub.too_slow:
                     await websocket.close(TOO_SLOW, f"too slow: more than {self.buffer} events behind")
                 tg.cancel_scope.cancel()
-        except (WebSocketDisconnect, OSError):
-            pass
+        except* (WebSocketDisconnect, OSError, RuntimeError):
+            pass  # the client went away while we were sending (Starlette: RuntimeError after close)
         finally:
             self.subscribers.discard(sub)
             send.close()

@@ -27,21 +27,29 @@ Primitive = Callable[..., tuple[T, set[str]]]
 
 
 class Wakeups:
-    """Per-queue wake-up signals for waiting pullers, used on the event loop thread only."""
+    """Per-key wake-up signals (a queue's name, or the event log's key), used on the event
+    loop thread only. A wake-up with nobody waiting is remembered, so a caller that checked,
+    found nothing and then waits is not left sleeping past a change that came in between."""
 
     def __init__(self) -> None:
         self._events: dict[str, anyio.Event] = {}
+        self._missed: set[str] = set()
 
     def wake(self, queues: set[str]) -> None:
         for queue in queues:
             event = self._events.pop(queue, None)
             if event is not None:
                 event.set()
+            else:
+                self._missed.add(queue)
 
     def wake_all(self) -> None:
         self.wake(set(self._events))
 
     async def wait(self, queue: str, timeout_s: float) -> None:
+        if queue in self._missed:
+            self._missed.discard(queue)
+            return
         event = self._events.get(queue)
         if event is None:
             event = self._events[queue] = anyio.Event()

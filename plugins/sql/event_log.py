@@ -8,8 +8,7 @@ commits late. Each append sends one NOTIFY; every node's LISTEN connection wakes
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
@@ -67,8 +66,7 @@ class PostgresEventLog(EventLog):
             )
             return [(seq, json.loads(payload)) for seq, payload in rows]
 
-    @asynccontextmanager
-    async def consume(self, consumer: str, limit: int) -> AsyncIterator[list[LoggedEvent] | None]:
+    async def claim(self, consumer: str, limit: int) -> list[LoggedEvent]:
         async with self._open_engine().connect() as conn:
             start = select(func.coalesce(func.max(events.c.seq), 0)).scalar_subquery()
             await conn.execute(
@@ -82,24 +80,19 @@ class PostgresEventLog(EventLog):
                 .where(event_consumers.c.name == consumer)
                 .with_for_update(skip_locked=True)
             )
-            if cursor is None:  # another node is consuming right now
+            if cursor is None:  # another node is claiming right now
                 await conn.rollback()
-                yield None
-                return
+                return []
             rows = await conn.execute(
                 select(events.c.seq, events.c.payload).where(events.c.seq > cursor).order_by(events.c.seq).limit(limit)
             )
             batch = [(seq, json.loads(payload)) for seq, payload in rows]
-            try:
-                yield batch
-            except BaseException:
-                await conn.rollback()
-                raise
             if batch:
                 await conn.execute(
                     update(event_consumers).where(event_consumers.c.name == consumer).values(seq=batch[-1][0])
                 )
             await conn.commit()
+            return batch
 
     async def wait(self, timeout_s: float) -> None:
         await self._wakeups.wait(EVENTS_KEY, timeout_s)

@@ -44,7 +44,8 @@ def frame(ws: ClientConnection) -> dict[str, Any]:
 
 def subscribed(ws: ClientConnection, http: httpx.Client, queue: str) -> None:
     """Push to ``queue`` until the socket shows one of those pushes: from then on the
-    subscription is live (the server registers it just after the handshake). Drains the rest."""
+    subscription is live (the server registers it just after the handshake). Then push a
+    marker and read up to it, so no frame of these pushes is left to read."""
     pushed: set[str] = set()
     while True:
         pushed.add(http.post(f"/queues/{queue}/jobs", json={"name": "sync"}).json()["id"])
@@ -54,11 +55,9 @@ def subscribed(ws: ClientConnection, http: httpx.Client, queue: str) -> None:
             continue
         assert got["job_id"] in pushed
         break
-    while True:
-        try:
-            ws.recv(timeout=0.3)
-        except TimeoutError:
-            return
+    marker = http.post(f"/queues/{queue}/jobs", json={"name": "marker"}).json()["id"]
+    while frame(ws)["job_id"] != marker:
+        pass
 
 
 def push(http: httpx.Client, queue: str, **body: Any) -> str:

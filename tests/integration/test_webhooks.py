@@ -196,6 +196,9 @@ async def test_registrations_survive_a_restart_and_keep_their_secret(file_url: s
         ({"url": "javascript:alert(1)"}, "url", "http or https"),
         ({"url": "http:///nohost"}, "url", "no host"),
         ({"url": "http://example.com:99999/"}, "url", "malformed"),
+        ({"url": "http://xn--a.com/"}, "url", "malformed"),  # bad IDNA: the client would refuse it
+        ({"url": "http://127.0.0.1:9/a\x01b"}, "url", "control characters"),
+        ({"url": "http://exa mple.com/"}, "url", "spaces"),
         ({"url": "http://x.test/" + "a" * 3000}, "url", "limit"),
         ({"url": 42}, "url", "string"),
         ({"url": "http://x.test/", "events": ["job.exploded"]}, "events[0]", "unknown event"),
@@ -226,6 +229,43 @@ async def test_the_allow_list_limits_destination_hosts(file_url: str) -> None:
                 await app.add_webhook({"url": refused})
             assert err.value.field == "url" and "webhook_allowed_hosts" in err.value.message
         assert len(await app.webhooks()) == 2
+
+
+async def test_a_host_no_longer_allowed_is_not_sent_to_and_nothing_breaks(file_url: str) -> None:
+    with receiving() as receiver:
+        async with node(file_url) as app:
+            await app.add_webhook({"url": receiver.url})
+        async with node(file_url, webhook_allowed_hosts=["hooks.example.com"]) as app:
+            await app.push("mail", "send")
+            with anyio.fail_after(30):
+                while counter(app, "conveyor_webhook_deliveries_total", result="failed") < 1:
+                    await anyio.sleep(0.01)
+            await app.push("mail", "still works")
+    assert receiver.received == []
+
+
+async def test_closing_lets_pending_deliveries_finish(file_url: str) -> None:
+    with receiving() as receiver:
+        async with node(file_url) as app:
+            await app.add_webhook({"url": receiver.url, "events": ["job.pushed"]})
+            for i in range(5):
+                await app.push("mail", f"job-{i}")
+        # closed at once after the pushes: the sink's buffer and its deliveries were drained
+        assert len(receiver.received) == 5
+
+
+@pytest.mark.postgres
+async def test_the_shared_log_hands_each_event_to_one_claimer(pg_schema: str) -> None:
+    async with node(pg_schema, disable_plugins=["webhooks", "metrics", "http"]) as app:
+        log = app.storage.event_log
+        assert log is not None
+        assert await log.claim("test", 10) == []  # a new consumer starts at the newest event
+        await log.append([{"n": i} for i in range(5)], 0)
+        first, second = await log.claim("test", 3), await log.claim("test", 3)
+        assert [p["n"] for _, p in first] == [0, 1, 2] and [p["n"] for _, p in second] == [3, 4]
+        assert await log.claim("test", 3) == []
+        assert [p["n"] for _, p in await log.read(first[-1][0], 10)] == [3, 4]
+        assert await log.prune(1) == 5 and await log.read(0, 10) == []
 
 
 @pytest.mark.postgres
