@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy import Connection, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.errors import ConveyorError, DuplicateKeyError, QueuePausedError, StorageError
@@ -26,7 +26,18 @@ from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject,
 
 from .codec import decode_job, encode_job, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
-from .tables import ACTIVE_SQL, NOT_STARTED_SQL, PENDING_STATES_SQL, SCHEMA_VERSION, deps, jobs, meta, metadata, queues
+from .tables import (
+    ACTIVE_SQL,
+    DEADLINE_SQL,
+    EXPIRES_SQL,
+    PENDING_STATES_SQL,
+    SCHEMA_VERSION,
+    deps,
+    jobs,
+    meta,
+    metadata,
+    queues,
+)  # fmt: skip
 
 Woken = set[str]
 DEPS = deps.name
@@ -403,10 +414,10 @@ def _spawn_follow_ups(
     for key, (parent_meta, flow_id) in parents_meta.items():
         parent_id = unique[key]
         created = []
-        for job, text, resolve in t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {})):
+        for job, data_text, resolve in t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {})):
             cur.execute("SAVEPOINT follow_up")
             try:
-                insert_jobs(conn, [(job, text)], resolve, check_paused=False)
+                insert_jobs(conn, [(job, data_text)], resolve, check_paused=False)
             except ConveyorError as exc:
                 cur.execute("ROLLBACK TO SAVEPOINT follow_up")
                 dead = Job.trusted(
@@ -418,7 +429,7 @@ def _spawn_follow_ups(
                         "last_error": f"follow-up of job {parent_id} could not be queued: {exc.message}"[:10_000],
                     }
                 )
-                insert_jobs(conn, [(dead, text)], None, check_paused=False)
+                insert_jobs(conn, [(dead, data_text)], None, check_paused=False)
             cur.execute("RELEASE SAVEPOINT follow_up")
             created.append(job)
         spawned[key] = tuple(created)
@@ -489,8 +500,8 @@ def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int
     # Each condition repeats its partial index's predicate verbatim, so only live rows are read.
     return {
         "stalled": ids(f"{ACTIVE_SQL} AND last_heartbeat < ?", stall_before_ms),
-        "timed_out": ids(f"{ACTIVE_SQL} AND deadline_at <= ?", now_ms),
-        "expired": ids(f"{NOT_STARTED_SQL} AND expires_at <= ?", now_ms),
+        "timed_out": ids(f"{DEADLINE_SQL} AND deadline_at <= ?", now_ms),
+        "expired": ids(f"{EXPIRES_SQL} AND expires_at <= ?", now_ms),
     }
 
 
@@ -528,5 +539,15 @@ def ensure_schema(conn: Connection) -> None:
             f"database schema version {found} is newer than this Conveyor's ({SCHEMA_VERSION}); upgrade Conveyor"
         )
     elif int(found) < SCHEMA_VERSION:
-        # Migrations from older versions go here, one function per version step.
+        if int(found) < 3:
+            _narrow_sweep_indexes(conn)
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+
+
+def _narrow_sweep_indexes(conn: Connection) -> None:
+    """Version 3: rebuild the timeout and TTL indexes with their narrower predicates (tables
+    added since version 1 were created by ``create_all`` above)."""
+    for index in jobs.indexes:
+        if index.name in ("ix_conveyor_jobs_deadline", "ix_conveyor_jobs_expires"):
+            conn.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
+            index.create(conn)

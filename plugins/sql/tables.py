@@ -13,12 +13,15 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
-"""1: jobs, queues, dependencies. 2: webhooks and the shared event log (new tables only)."""
+SCHEMA_VERSION = 3
+"""1: jobs, queues, dependencies. 2: webhooks and the shared event log (new tables only).
+3: the timeout and TTL indexes hold only jobs that have a timeout or TTL."""
 
 PENDING_STATES_SQL = "('waiting', 'delayed', 'blocked', 'active')"
 ACTIVE_SQL = "state = 'active'"
 NOT_STARTED_SQL = "state IN ('waiting', 'delayed', 'blocked')"
+DEADLINE_SQL = "state = 'active' AND deadline_at IS NOT NULL"
+EXPIRES_SQL = "state IN ('waiting', 'delayed', 'blocked') AND expires_at IS NOT NULL"
 """Partial-index predicates; queries must repeat them verbatim for the planner to use them."""
 
 
@@ -41,9 +44,10 @@ class JobRow(SQLModel, table=True):
         Index("ix_conveyor_jobs_queue_state", "queue", "state"),
         _partial("ix_conveyor_jobs_delayed", "state = 'delayed'", "delay_until"),
         _partial("ix_conveyor_jobs_heartbeat", ACTIVE_SQL, "last_heartbeat"),
-        # Sweeps read only rows that can still time out or expire; finished jobs leave these.
-        _partial("ix_conveyor_jobs_deadline", ACTIVE_SQL, "deadline_at"),
-        _partial("ix_conveyor_jobs_expires", NOT_STARTED_SQL, "expires_at"),
+        # Sweeps read only rows that can still time out or expire: jobs without a timeout or
+        # TTL (most) are never in these, so claims and acks skip two B-trees.
+        _partial("ix_conveyor_jobs_deadline", DEADLINE_SQL, "deadline_at"),
+        _partial("ix_conveyor_jobs_expires", EXPIRES_SQL, "expires_at"),
         _partial("ix_conveyor_jobs_flow", "flow_id IS NOT NULL", "flow_id"),
         # Unique keys are held only by pending jobs: a completed job frees its key.
         _partial(
