@@ -1,7 +1,8 @@
 """PostgreSQL backend: the multi-node mode.
 
 Primitives run through SQLAlchemy's async engine (psycopg 3) with ``run_sync``, so their SQL is
-the same code SQLite runs. Claims use ``FOR UPDATE SKIP LOCKED``; queues that gain waiting jobs
+the same code SQLite runs. Calls that arrive together share a transaction (`grouping`), with up
+to half the pool's connections committing groups side by side. Claims use ``FOR UPDATE SKIP LOCKED``; queues that gain waiting jobs
 are announced with ``pg_notify`` inside the same transaction (delivered on commit), and one
 LISTEN connection per node wakes its waiting pullers. ``?schema=NAME`` in the URL keeps all
 tables in that schema (created if missing), which is how tests share one database.
@@ -13,8 +14,8 @@ import asyncio
 import logging
 import re
 import zlib
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any, TypeVar
 
 import psycopg
@@ -27,6 +28,7 @@ from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .event_log import EVENTS_KEY, PostgresEventLog
+from .grouping import GroupQueue, Op, Outcome, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -38,6 +40,10 @@ PAYLOAD_SEPARATOR = "/"
 """Notifications carry ``schema/queue``: deployments in different schemas of one database
 share the channel but not each other's wake-ups."""
 RETRIES = 5
+MAX_GROUP = 256
+FLUSHERS = 2
+"""Groups committing at once: while one waits for its WAL flush the next one runs. With 16
+clients pushing, 2 measured 728 pushes/s against 532 with 1 and 597 with 5 (RESULTS.md)."""
 RETRYABLE = frozenset({"40P01", "40001"})  # deadlock detected, serialization failure
 SAFETY_POLL_S = 2.0
 """Waiting pullers re-check at least this often, in case a notification was missed."""
@@ -65,6 +71,7 @@ class PostgresStorage(SqlStorage):
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._groups = GroupQueue(self._commit_group, max_group=MAX_GROUP, flushers=FLUSHERS)
         self.event_log = PostgresEventLog(
             lambda: self._engine,
             self.wakeups,
@@ -100,6 +107,7 @@ class PostgresStorage(SqlStorage):
             await asyncio.wait_for(ready.wait(), timeout=5)
 
     async def close(self) -> None:
+        await self._groups.drain()  # calls already queued finish; nothing is dropped
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -116,24 +124,37 @@ class PostgresStorage(SqlStorage):
     async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
         if self._engine is None:
             raise StorageError(f"storage {self._safe_url()} is closed")
-        for attempt in range(1, RETRIES + 1):
-            try:
-                async with self._engine.begin() as conn:
-                    result, woken = await conn.run_sync(_and_notify, fn, args, self._channel_payload)
-                break
-            except ConveyorError:
-                raise
-            except (SQLAlchemyError, psycopg.Error) as exc:
-                cause = getattr(exc, "orig", exc)
-                if getattr(cause, "sqlstate", None) in RETRYABLE and attempt < RETRIES:
-                    # Deadlock or serialization failure: the transaction was rolled back whole,
-                    # and primitives are pure functions of the rows, so running again is safe.
-                    await asyncio.sleep(0.005 * attempt)
-                    continue
-                raise StorageError(f"postgresql error: {cause}".strip()) from None
+        result, woken = await self._groups.call(fn, args, read_only)
         if woken:
             self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
         return result
+
+    async def _commit_group(self, group: list[Op]) -> list[Outcome]:
+        """One transaction for the group (see `grouping`); deadlocks and serialization
+        failures roll it back whole and run it again."""
+        engine = self._engine
+        if engine is None:
+            error = StorageError(f"storage {self._safe_url()} is closed")
+            return [None if op.future.done() else (False, error) for op in group]
+        isolated, attempt = False, 1
+        while True:
+            try:
+                async with engine.begin() as conn:
+                    outcomes: list[Outcome] = await conn.run_sync(_run_group, group, isolated, self._channel_payload)
+                return outcomes
+            except _Rerun:
+                isolated = True
+            except ConveyorError as exc:  # the group's only live call refused its input
+                return [None if op.future.done() else (False, exc) for op in group]
+            except (SQLAlchemyError, psycopg.Error) as exc:
+                if _retryable(exc) and attempt < RETRIES:
+                    # The transaction was rolled back whole, and primitives are pure functions
+                    # of the rows, so running the group again is safe.
+                    await asyncio.sleep(0.005 * attempt)
+                    attempt += 1
+                    continue
+                error = _translate(exc)
+                return [None if op.future.done() else (False, error) for op in group]
 
     def _channel_payload(self, queue: str) -> str:
         return f"{self.schema or ''}{PAYLOAD_SEPARATOR}{queue}"
@@ -182,12 +203,38 @@ class PostgresStorage(SqlStorage):
                 delay = min(delay * 2, 5.0)
 
 
-def _and_notify(
-    conn: Connection, fn: Primitive[T], args: tuple[Any, ...], payload: Callable[[str], str]
-) -> tuple[T, set[str]]:
-    result, woken = fn(conn, *args)
+class _Rerun(Exception):
+    """A call failed in an optimistic group: roll back and run the group isolated."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    return getattr(getattr(exc, "orig", exc), "sqlstate", None) in RETRYABLE
+
+
+def _translate(exc: BaseException) -> BaseException:
+    if isinstance(exc, ConveyorError) or not isinstance(exc, (SQLAlchemyError, psycopg.Error)):
+        return exc
+    return StorageError(f"postgresql error: {getattr(exc, 'orig', exc)}".strip())
+
+
+def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Callable[[str], str]) -> list[Outcome]:
+    """The group inside the caller's transaction, then one NOTIFY per queue it woke (delivered
+    on commit)."""
+
+    @contextmanager
+    def savepoint() -> Iterator[None]:
+        with conn.begin_nested():
+            yield
+
+    def run(op: Op) -> Any:
+        return op.fn(conn, *op.args)
+
+    outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_retryable)
+    if outcomes is None:
+        raise _Rerun
+    woken = {queue for outcome in outcomes if outcome and outcome[0] for queue in outcome[1][1]}
     if woken:
         cursor = conn.connection.cursor()
         for queue in sorted(woken):
             cursor.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload(queue)))
-    return result, woken
+    return outcomes

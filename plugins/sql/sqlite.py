@@ -1,9 +1,8 @@
 """SQLite backend: group commit on the event loop.
 
-SQLite allows one writer at a time, and a commit costs an fsync, so calls are not run one by one.
-A call queues its primitive and awaits; a flusher task runs after every task that is ready right
-now has had its turn, then executes all queued primitives in one transaction -- each inside its own SAVEPOINT, so one failing push does not undo its neighbours --
-and commits them with one fsync. Sixteen tasks pushing at once cost one commit, not sixteen.
+SQLite allows one writer at a time, and a commit costs an fsync, so calls are not run one by one:
+they go through `grouping.GroupQueue` with one flusher, and each group is one transaction and
+one fsync (a failing call is undone alone, see `grouping`).
 
 The flush runs on the loop thread itself. A second thread would overlap I/O with Python work but
 costs a thread hop (~100 µs here) per call and a GIL hand-over per group, which measured slower
@@ -22,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine
@@ -35,10 +33,10 @@ from sqlalchemy.pool import StaticPool
 from conveyor.errors import ConveyorError, StorageError
 
 from .base import Primitive, SqlStorage
+from .grouping import GroupQueue, Op, Outcome, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
-Outcome = tuple[bool, Any] | None
 """(ok, value or error) for an op that ran; None for one whose caller left before it ran."""
 log = logging.getLogger(__name__)
 
@@ -49,14 +47,6 @@ LOCK_WAIT_S = 30.0
 """How long a writer waits for another process's write lock before failing the calls."""
 CROSS_PROCESS_POLL_S = 0.2
 """SQLite cannot notify other processes: waiting pullers re-check at least this often."""
-
-
-@dataclass(slots=True)
-class _Op:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    future: asyncio.Future[Any]
-    read_only: bool
 
 
 def _translate(exc: BaseException) -> BaseException:
@@ -76,8 +66,7 @@ class SqliteStorage(SqlStorage):
         database = make_url(url).database
         self.path = database or ":memory:"
         self.memory = self.path == ":memory:"
-        self._pending: list[_Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._groups = GroupQueue(self._commit_group, max_group=MAX_GROUP)
         self._conn: Connection | None = None
         self._closing = False
 
@@ -111,8 +100,7 @@ class SqliteStorage(SqlStorage):
     async def close(self) -> None:
         """Finish every call already queued, refuse new ones, then close. Safe to call twice."""
         self._closing = True
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)  # pending calls finish; nothing is dropped
+        await self._groups.drain()  # pending calls finish; nothing is dropped
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -135,44 +123,10 @@ class SqliteStorage(SqlStorage):
     async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
         if self._conn is None or self._closing:
             raise StorageError(f"storage {self.url} is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(_Op(fn, args, future, read_only))
-        if self._flusher is None:
-            # A task's first step runs after every callback that is ready now: the calls that
-            # arrive together are in the queue by then and share one transaction.
-            self._flusher = loop.create_task(self._flush())
-        result, woken = await future
+        result, woken = await self._groups.call(fn, args, read_only)
         if woken:
             self.wakeups.wake(woken)
         return result
-
-    async def _flush(self) -> None:
-        group: list[_Op] = []
-        try:
-            while self._pending:
-                group, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
-                assert self._conn is not None  # close() waits for this task before closing
-                outcomes = await self._commit_group(self._conn, group)
-                for op, outcome in zip(group, outcomes, strict=True):
-                    if outcome is None or op.future.done():
-                        continue
-                    ok, value = outcome
-                    if ok:
-                        op.future.set_result(value)
-                    else:
-                        op.future.set_exception(value)
-                group = []
-        except BaseException as exc:
-            # Never leave a caller waiting: whatever broke the flusher fails every queued call.
-            error = StorageError(f"sqlite storage failed: {exc!r}")
-            for op in [*group, *self._pending]:
-                if not op.future.done():
-                    op.future.set_exception(error)
-            self._pending = []
-            raise
-        finally:
-            self._flusher = None
 
     async def _begin(self, raw: sqlite3.Connection, read_only: bool) -> None:
         """Start the group's transaction. Writers take the lock up front (IMMEDIATE: no lock
@@ -198,22 +152,39 @@ class SqliteStorage(SqlStorage):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _commit_group(self, conn: Connection, group: list[_Op]) -> list[Outcome]:
+    async def _commit_group(self, group: list[Op]) -> list[Outcome]:
         """Run ``group`` in one transaction, each op in its own savepoint; None for an op whose
         caller was cancelled before it ran (it is skipped, so a cancelled pull claims nothing).
 
         Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
         afterwards; its begin and rollback are no-ops on this autocommit-mode connection."""
+        conn = self._conn
+        assert conn is not None  # close() drains the groups before closing
         raw: Any = conn.connection.driver_connection
+
+        @contextmanager
+        def savepoint() -> Iterator[None]:
+            raw.execute("SAVEPOINT op")
+            try:
+                yield
+            except BaseException:
+                raw.execute("ROLLBACK TO op")
+                raise
+            finally:
+                raw.execute("RELEASE op")
+
+        def run(op: Op) -> Any:
+            return op.fn(conn, *op.args)
+
         try:
             await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
-                outcomes = self._run_group(conn, raw, group, isolated=False)
+                outcomes = run_group(group, run, savepoint, _translate, isolated=False)
                 if outcomes is None:  # an op failed: undo the group, rerun each op in a savepoint
                     raw.execute("ROLLBACK")
                     await self._begin(raw, read_only=False)
-                    outcomes = self._run_group(conn, raw, group, isolated=True)
+                    outcomes = run_group(group, run, savepoint, _translate, isolated=True)
                 raw.execute("COMMIT")
             finally:
                 if raw.in_transaction:
@@ -226,35 +197,6 @@ class SqliteStorage(SqlStorage):
                 log.error("sqlite group commit failed: %s", exc)
             return [(False, error)] * len(group)
         assert outcomes is not None
-        return outcomes
-
-    @staticmethod
-    def _run_group(conn: Connection, raw: Any, group: list[_Op], *, isolated: bool) -> list[Outcome] | None:
-        """Run the group's live ops in order. Optimistically (``isolated=False``) without
-        savepoints, which cost two statements per op: None as soon as one op fails, and the
-        caller reruns the group isolated, where a failing op is rolled back to its own
-        savepoint and reported to its caller alone. Ops only read and write the database,
-        so running them again after the rollback is safe."""
-        outcomes: list[Outcome] = []
-        live = sum(1 for op in group if not op.future.done())  # re-checked after any lock wait
-        for op in group:
-            if op.future.done():
-                outcomes.append(None)
-            elif live == 1:  # its failure rolls back the whole transaction, which is only its own
-                outcomes.append((True, op.fn(conn, *op.args)))
-            elif not isolated:
-                try:
-                    outcomes.append((True, op.fn(conn, *op.args)))
-                except Exception:  # noqa: BLE001 - rerun isolated, where it is reported to its caller
-                    return None
-            else:
-                raw.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((True, op.fn(conn, *op.args)))
-                except Exception as exc:  # noqa: BLE001 - reported to that caller
-                    raw.execute("ROLLBACK TO op")
-                    outcomes.append((False, _translate(exc)))
-                raw.execute("RELEASE op")
         return outcomes
 
 

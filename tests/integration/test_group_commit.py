@@ -1,6 +1,6 @@
-"""SQLite group commit: calls that arrive together share one transaction, run first without
-savepoints; when one fails, the group is rerun with each call isolated, so the failing call
-alone is refused and no partial write of it survives."""
+"""Group commit (SQLite and PostgreSQL): calls that arrive together share one transaction, run
+first without savepoints; when one fails, the group is rerun with each call isolated, so the
+failing call alone is refused and no partial write of it survives."""
 
 from __future__ import annotations
 
@@ -16,10 +16,17 @@ from conveyor.plugins.sql import primitives
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_failing_call_in_a_group_is_undone_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["sqlite-file", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("pg_schema"))
+    return f"sqlite:///{tmp_path / 'g.db'}"
+
+
+async def test_a_failing_call_in_a_group_is_undone_alone(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # without the pre-check, the unique index fails the batch half way through its insert
     monkeypatch.setattr(primitives, "_check_unique_keys", lambda cur, d, batch: None)
-    async with Conveyor(f"sqlite:///{tmp_path / 'g.db'}", maintenance=False, plugin_autoload=False) as app:
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
         outcomes: dict[str, Any] = {}
 
         async def call(name: str, fn: Any) -> None:
@@ -38,3 +45,26 @@ async def test_a_failing_call_in_a_group_is_undone_alone(tmp_path: Path, monkeyp
         assert not isinstance(outcomes["first"], Exception) and not isinstance(outcomes["third"], Exception)
         names = sorted(job.name for job in await app.pull("q", 10))
         assert names == ["first", "third"]  # "partial" was inserted, then rolled back with its call
+
+
+async def test_many_concurrent_calls_each_get_their_own_outcome(url: str) -> None:
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        outcomes: dict[int, Any] = {}
+
+        async def push(i: int) -> None:
+            try:  # every fifth one repeats a unique key held by a job pushed before
+                outcomes[i] = await app.push("many", f"job-{i}", unique_key=f"k{i - i % 5}")
+            except DuplicateKeyError as exc:
+                outcomes[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(0, 200, 5):
+                tg.start_soon(push, i)
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                if i % 5:
+                    tg.start_soon(push, i)
+        refused = {i for i, outcome in outcomes.items() if isinstance(outcome, DuplicateKeyError)}
+        assert refused == {i for i in range(200) if i % 5}
+        stored = await app.pull("many", 1000)
+        assert sorted(job.name for job in stored) == sorted(f"job-{i}" for i in range(0, 200, 5))
