@@ -77,7 +77,12 @@ def start_server(storage: str | None) -> tuple[subprocess.Popen[str], str, int]:
     """``conveyor serve`` on ``storage``; with None, a bare uvicorn app (the machine's floor)."""
     command = ["-c", BARE_ASGI] if storage is None else ["-m", "conveyor", "serve", "--storage", storage,
                                                          "--http-port", "0", "--tcp-port", "0"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Benchmarks pull everything before acking it: on a slow disk that can outlast the 30 s
+    # stall timeout, and the maintenance loop would hand the jobs back mid-run.
+    env = {"CONVEYOR_STALL_TIMEOUT_MS": "3600000", **os.environ}
+    proc = subprocess.Popen(
+        [sys.executable, *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if match := re.search(r"http listening on http://([\d.]+):(\d+)", line):
