@@ -19,9 +19,10 @@ from .routes import BODY_SCHEMAS, public_router, router
 
 PUBLIC_PATHS = frozenset({
     "/health", "/api/v1/health", "/metrics", "/api/v1/metrics/prometheus",
-    "/openapi.json", "/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+    "/openapi.json", "/api/v1/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/dashboard",
 })  # fmt: skip
-"""Reachable without a token: probes, scrapers and the API description."""
+"""Reachable without a token: probes, scrapers, the API description and the dashboard page
+(which holds no data: its own API calls carry the token typed into it)."""
 
 
 class _Api(FastAPI):

@@ -1,13 +1,15 @@
-"""``GET /api/v1/events`` (WebSocket), Prometheus text (``/metrics``) and HTTP request metrics."""
+"""``GET /api/v1/events`` (WebSocket), Prometheus text (``/metrics``), the ``/dashboard`` page
+and HTTP request metrics."""
 
 from __future__ import annotations
 
 import time
+from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -90,3 +92,13 @@ class RequestMetricsMiddleware:
             method = scope["method"]
             self.metrics.inc("http_requests_total", method, template, str(status))
             self.metrics.observe("http_request_duration_seconds", time.perf_counter() - started, method, template)
+
+
+_DASHBOARD = resources.files(__package__).joinpath("dashboard.html")
+
+
+@events_router.get("/dashboard", include_in_schema=False)
+async def dashboard(request: Request) -> Response:
+    """A page of queue counts (polled) and live events (WebSocket) for operators. Public: it
+    holds no data; its API calls carry the token typed into it."""
+    return HTMLResponse(_DASHBOARD.read_text(encoding="utf-8"))

@@ -206,6 +206,12 @@ def test_webhooks_over_http_survive_a_restart_and_deliver(tmp_path: Path) -> Non
             assert second.stop() == 0, second.output
 
 
+def test_the_dashboard_page_is_served_and_uses_the_api(sqlite_server: Served) -> None:
+    page = httpx.get(sqlite_server.url + "/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '"api/v1/queues"' in page.text and '"api/v1/events"' in page.text
+
+
 def test_auth_applies_to_websockets_and_metrics_stay_public(tmp_path: Path) -> None:
     server = serve(f"sqlite:///{tmp_path / 'auth.db'}", "--auth-token", "sesame")
     try:
@@ -223,6 +229,7 @@ def test_auth_applies_to_websockets_and_metrics_stay_public(tmp_path: Path) -> N
             with events_socket(server, query_token="wrong"):
                 pass
         assert httpx.get(server.url + "/metrics").status_code == 200
+        assert httpx.get(server.url + "/dashboard").status_code == 200  # a page without data
         assert httpx.get(server.url + "/api/v1/webhooks").status_code == 401
     finally:
         assert server.stop() == 0, server.output

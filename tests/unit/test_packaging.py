@@ -33,4 +33,5 @@ def test_wheel_contains_every_sub_package(tmp_path: Path) -> None:
     missing = sorted(p for p in expected_packages() if f"{p}/__init__.py" not in names)
     assert not missing, f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
     assert {"conveyor/plugins/sql/primitives.py", "conveyor/hookspecs.py", "conveyor/workflows/__init__.py"} <= names
+    assert "conveyor/plugins/http/dashboard.html" in names  # package data, read at run time
     assert len(expected_packages()) >= 4
