@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,7 +131,15 @@ def test_metrics_are_scraped_and_parsed(http: httpx.Client, sqlite_server: Serve
     http.post(f"/jobs/{ids[4]}/cancel")
     stats = http.get(f"/queues/{queue}/stats").json()["counts"]
 
-    texts = [httpx.get(sqlite_server.url + path).text for path in ("/metrics", "/api/v1/metrics/prometheus")]
+    # The counters come from events, which the server's metrics sink counts just after each
+    # reply: scrape until it has counted the last one (the cancel).
+    deadline = time.monotonic() + 30
+    while True:
+        texts = [httpx.get(sqlite_server.url + path).text for path in ("/metrics", "/api/v1/metrics/prometheus")]
+        cancelled = f'conveyor_jobs_cancelled_total{{queue="{queue}"}} 1.0'
+        if cancelled in texts[0] and cancelled in texts[1] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     families = {f.name: f for f in text_string_to_metric_families(texts[0])}
     assert {f.name for f in text_string_to_metric_families(texts[1])} == set(families)
 

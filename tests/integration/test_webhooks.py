@@ -154,9 +154,12 @@ async def test_a_dead_receiver_never_holds_up_pushes(file_url: str) -> None:
             ids = [await app.push("mail", f"job-{i}") for i in range(200)]
             # every push returned while the receiver held the first requests
             await receiver.wait(lambda r: len(r) >= 2)
+            sink = sink_of(app)
+            with anyio.fail_after(30):  # until the sink has seen all 200 events
+                while sink.pending + sink.dropped < 200:
+                    await anyio.sleep(0.01)
             assert receiver.held == len(receiver.received) <= 2
             assert len(ids) == 200 and (await app.stats("mail")).waiting == 200
-            sink = sink_of(app)
             assert sink.pending == 20
             assert sink.dropped == 180
             assert counter(app, "conveyor_webhook_deliveries_total", result="dropped") == 180
