@@ -20,6 +20,7 @@ from .app import Conveyor
 API = (
     "push", "push_job", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat", "release",
     "get", "stats", "queues", "pause", "resume", "dlq", "flow", "submit_flow",
+    "add_webhook", "webhooks", "get_webhook", "remove_webhook",
 )  # fmt: skip
 
 

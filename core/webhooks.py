@@ -52,13 +52,18 @@ class Webhook(BaseModel):
     secret: str | None = Field(default=None, repr=False)
     created_at: datetime
 
+    @property
+    def has_secret(self) -> bool:
+        """As `conveyor.wire.WebhookInfo` (what clients get) says it."""
+        return self.secret is not None
+
     def to_wire(self) -> dict[str, Any]:
         return {
             "id": str(self.id),
             "url": self.url,
             "events": self.events,
             "queues": self.queues,
-            "has_secret": self.secret is not None,
+            "has_secret": self.has_secret,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
         }
 

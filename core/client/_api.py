@@ -24,6 +24,8 @@ from ..models import (
     QueueInfo,
 )
 from ..tasks import TaskHost
+from ..webhooks import WebhookSpec
+from ..wire import WebhookInfo
 from ..workers import WorkerRegistry
 
 
@@ -190,3 +192,20 @@ class Client(TaskHost):
             raise ValidationError("flow must be an object with steps", field="flow")
         reply = await self.transport.call("submit_flow", body)
         return FlowSubmitted.model_validate(reply)
+
+    # -- webhook registrations: `WebhookInfo` (the secret never leaves the server) -------------
+
+    async def add_webhook(self, spec: WebhookSpec | dict[str, Any]) -> WebhookInfo:
+        body = _jsonable(spec, "spec")
+        if not isinstance(body, dict):
+            raise ValidationError("spec must be an object with url, events, queues, secret", field="spec")
+        return WebhookInfo.model_validate((await self.transport.call("webhook_create", body))["webhook"])
+
+    async def webhooks(self) -> list[WebhookInfo]:
+        return [WebhookInfo.model_validate(w) for w in (await self._call("webhook_list"))["webhooks"]]
+
+    async def get_webhook(self, webhook_id: UUID | str) -> WebhookInfo:
+        return WebhookInfo.model_validate((await self._call("webhook_get", id=str(webhook_id)))["webhook"])
+
+    async def remove_webhook(self, webhook_id: UUID | str) -> None:
+        await self._call("webhook_delete", id=str(webhook_id))

@@ -44,6 +44,13 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
         return "GET", f"/flows/{_path(p.get('flow_id'), 'flow_id')}", None, None
     if cmd == "submit_flow":
         return "POST", "/flows", p, None
+    if cmd == "webhook_create":
+        return "POST", "/webhooks", p, None
+    if cmd == "webhook_list":
+        return "GET", "/webhooks", None, None
+    if cmd in ("webhook_get", "webhook_delete"):
+        hook = _path(p.pop("id", None), "id")
+        return ("GET" if cmd == "webhook_get" else "DELETE"), f"/webhooks/{hook}", None, None
     raise ValueError(f"no HTTP route for command {cmd!r}")
 
 

@@ -11,7 +11,14 @@ import anyio
 import pytest
 
 import conveyor
-from conveyor import ClientConnectionError, InvalidStateError, LimitExceededError, UnauthorizedError
+from conveyor import (
+    ClientConnectionError,
+    InvalidStateError,
+    LimitExceededError,
+    UnauthorizedError,
+    ValidationError,
+    WebhookNotFoundError,
+)
 
 from .conftest import serve
 
@@ -57,6 +64,25 @@ async def test_errors_are_the_kernel_classes(server: Any, transport: str) -> Non
             await q.queues()
 
 
+@pytest.mark.parametrize("transport", ["http", "tcp"])
+async def test_webhook_registrations_through_the_client(server: Any, transport: str) -> None:
+    async with conveyor.connect(server.addresses[transport], token="k") as q:
+        hook = await q.add_webhook(
+            {"url": f"https://hooks.example.com/{transport}", "events": ["job_dlq"], "secret": "s"}
+        )
+        assert hook.events == ["job.dlq"] and hook.has_secret and not hasattr(hook, "secret")
+        assert await q.get_webhook(hook.id) == hook
+        assert hook in await q.webhooks()
+        await q.remove_webhook(hook.id)
+        with pytest.raises(WebhookNotFoundError):
+            await q.get_webhook(hook.id)
+        with pytest.raises(WebhookNotFoundError):
+            await q.remove_webhook(hook.id)
+        with pytest.raises(ValidationError) as err:
+            await q.add_webhook({"url": "ftp://hooks.example.com/"})
+        assert err.value.field == "url"
+
+
 async def test_unreachable_and_silent_servers_fail_fast_and_clearly() -> None:
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
@@ -98,3 +124,6 @@ def test_the_blocking_client(server: Any) -> None:
         q.ack(job.id, "done")
         assert q.get(job_id).result == "done"
         assert q.stats("sync").completed == 1
+        hook = q.add_webhook({"url": "https://hooks.example.com/sync"})
+        assert q.get_webhook(hook.id).url == "https://hooks.example.com/sync"
+        q.remove_webhook(hook.id)

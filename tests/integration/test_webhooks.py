@@ -128,6 +128,19 @@ async def test_a_refused_connection_counts_as_a_failed_attempt(file_url: str) ->
         assert counter(app, "conveyor_webhook_deliveries_total", result="delivered") == 0
 
 
+async def test_a_receiver_that_never_answers_times_out_and_is_retried(file_url: str) -> None:
+    with receiving() as receiver:
+        receiver.hold()
+        async with node(file_url, webhook_timeout_s=0.2, webhook_retries=1) as app:
+            await app.add_webhook({"url": receiver.url})
+            await app.push("mail", "send")
+            with anyio.fail_after(30):
+                while counter(app, "conveyor_webhook_deliveries_total", result="failed") < 1:
+                    await anyio.sleep(0.01)
+            assert counter(app, "conveyor_webhook_deliveries_total", result="retried") == 1
+            assert len(receiver.received) == 2  # both attempts reached it; neither got an answer in time
+
+
 async def test_filters_by_event_and_queue_in_either_spelling(file_url: str) -> None:
     with receiving() as filtered, receiving() as everything:
         async with node(file_url) as app:
