@@ -75,7 +75,7 @@ class Settings(BaseSettings):
         1000, ge=1, description="Events queued for one WebSocket client; a client that falls further behind is dropped."
     )
     metrics_refresh_s: float = Field(
-        5.0, gt=0, description="How often the queue depth gauges are refreshed between scrapes."
+        5.0, gt=0, description="How often the queue depth gauges are refreshed for a host-installed recorder."
     )
 
     # -- server mode (`conveyor serve`) ---------------------------------------------------------

@@ -108,6 +108,9 @@ class MetricsRegistry:
         self._prometheus: CollectorRegistry | None = None
         self._metrics: dict[str, Metric] = {}
         self._refreshers: dict[str, Refresher] = {}
+        self.external = False
+        """Whether the host installed the recorder: then someone else scrapes it, and gauges
+        must be kept fresh between our own scrapes."""
 
     # -- installing ------------------------------------------------------------------------
 
@@ -126,6 +129,7 @@ class MetricsRegistry:
         if self._recorder is not None:
             return False
         self.install_external_prometheus_recorder(CollectorRegistry(auto_describe=True))
+        self.external = False  # private: only our /metrics reads it, and it refreshes first
         return True
 
     def install_external_prometheus_recorder(self, registry: CollectorRegistry) -> None:
@@ -152,6 +156,7 @@ class MetricsRegistry:
         if self._recorder is not None:
             raise PluginError("a metrics recorder is already installed for this Conveyor; install one before open()")
         self._recorder, self._metrics = recorder, metrics
+        self.external = True
 
     @staticmethod
     def _create(recorder: Recorder) -> dict[str, Metric]:

@@ -3,8 +3,8 @@
 When it loads it installs a private Prometheus registry unless the host application installed
 its own recorder first (``app.metrics.install_external_prometheus_recorder(registry)`` or
 ``install_external_recorder(recorder)`` before ``open()``). Its sink counts this node's events
-per queue; queue depth gauges are read from storage every ``metrics_refresh_s`` and before each
-scrape. The kernel records pulls and command latency, the ``http`` plugin request metrics and
+per queue; queue depth gauges are read from storage before each scrape of ``/metrics`` and, when
+the host installed its own recorder, every ``metrics_refresh_s``. The kernel records pulls and command latency, the ``http`` plugin request metrics and
 the ``webhooks`` plugin delivery outcomes, all through ``app.metrics``.
 """
 
@@ -50,7 +50,11 @@ class MetricsSink:
             self.app.metrics.inc(metric, event.queue)
 
     async def run(self) -> None:
-        """Keep the depth gauges fresh for registries scraped by someone else."""
+        """Keep the depth gauges fresh for a recorder the host reads itself. The private
+        registry is read only by ``/metrics``, which refreshes them first: no count query runs
+        every few seconds in an embedded app nobody scrapes."""
+        if not self.app.metrics.external:
+            return
         while True:
             await self.app.metrics.refresh()
             await anyio.sleep(self.app.settings.metrics_refresh_s)

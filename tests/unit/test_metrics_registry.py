@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -138,3 +139,32 @@ def test_every_metric_is_documented() -> None:
     for spec in METRICS:
         short = spec.name.removeprefix("jobs_")
         assert f"conveyor_{spec.name}" in docs or f"_{short}`" in docs, spec.name
+
+
+async def test_depth_gauges_are_polled_only_for_a_host_installed_recorder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.plugins.metrics import MetricsSink
+
+    reads: list[str] = []
+    original = MetricsSink.refresh_queue_depths
+
+    async def counted(self: MetricsSink) -> None:
+        reads.append("read")
+        await original(self)
+
+    monkeypatch.setattr(MetricsSink, "refresh_queue_depths", counted)
+    async with Conveyor("sqlite:///:memory:", maintenance=False, plugin_autoload=False, metrics_refresh_s=0.01) as app:
+        await app.push("q", "a")
+        await anyio.sleep(0.2)  # twenty refresh periods
+        assert reads == []  # private registry: nobody reads it between scrapes
+        await app.metrics.refresh()  # what /metrics does before rendering
+        assert reads == ["read"]
+        assert sample(app.metrics.render() or b"", "conveyor_queue_jobs", queue="q", state="waiting") == 1
+
+    recorder = ListRecorder()
+    app = Conveyor("sqlite:///:memory:", maintenance=False, plugin_autoload=False, metrics_refresh_s=0.01)
+    app.metrics.install_external_recorder(recorder)
+    async with app:
+        await app.push("q", "a")
+        with anyio.fail_after(30):
+            while ("gauge", "conveyor_queue_jobs", ("q", "waiting"), 1) not in recorder.calls:
+                await anyio.sleep(0.01)
