@@ -10,20 +10,43 @@ import uuid
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+_POOL_BYTES = 4096
+_pool = b""
+_pos = _POOL_BYTES
+
+
+def _forget_pool() -> None:
+    """A forked child must not hand out the random bits its parent also holds."""
+    global _pool, _pos
+    _pool, _pos = b"", _POOL_BYTES
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+_new = object.__new__
+_set = object.__setattr__
+_UUID = uuid.UUID
+_UNKNOWN = uuid.SafeUUID.unknown
+_RAND_B = (1 << 62) - 1
 
 
 def uuid7() -> uuid.UUID:
     """A UUID v7 (RFC 9562) that is monotonic within this process.
 
     Within one millisecond the 12-bit ``rand_a`` field is a counter seeded randomly, so ids
-    made in a burst still sort in creation order.
+    made in a burst still sort in creation order. Random bits come from ``os.urandom`` 4 KB at
+    a time: one system call per 400 ids instead of one per id, on every push's hot path.
     """
-    global _last_ms, _counter
+    global _last_ms, _counter, _pool, _pos
     with _lock:
         ms = time.time_ns() // 1_000_000
+        if _pos + 10 > _POOL_BYTES:
+            _pool, _pos = os.urandom(_POOL_BYTES), 0
+        random = int.from_bytes(_pool[_pos : _pos + 10], "big")
+        _pos += 10
         if ms > _last_ms:
             _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            _counter = (random >> 64) & 0x7FF
         else:
             _counter += 1
             if _counter > 0xFFF:
@@ -31,6 +54,9 @@ def uuid7() -> uuid.UUID:
                 _counter = 0
             ms = _last_ms
         counter = _counter
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand_b
-    return uuid.UUID(int=value)
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | (random & _RAND_B)
+    # What ``uuid.UUID(int=value)`` builds, without re-checking a value made valid above.
+    made = _new(_UUID)
+    _set(made, "int", value)
+    _set(made, "is_safe", _UNKNOWN)
+    return made

@@ -4,7 +4,8 @@ Every protocol front end runs commands through `execute`: the TCP server passes 
 object minus ``cmd``; HTTP routes pass path, query and body merged. So both protocols accept
 the same parameters, refuse the same input with the same error, and answer the same shapes.
 Failures are raised as `ConveyorError`; each protocol renders its envelope
-``{"ok": false, "error": {"code", "message", "details"}}``.
+``{"ok": false, "error": {"code", "message", "details"}}``. A reply holds JSON values and
+models (jobs); `wire.encode` turns it into the bytes both protocols send.
 """
 
 from __future__ import annotations
@@ -84,10 +85,6 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
         app.metrics.observe("operation_duration_seconds", time.perf_counter() - started, name)
 
 
-def _wire_jobs(jobs: list[Any]) -> list[dict[str, Any]]:
-    return [job.to_wire() for job in jobs]
-
-
 # -- jobs -------------------------------------------------------------------------------------
 
 
@@ -113,8 +110,8 @@ async def pull(app: Conveyor, params: Params) -> Reply:
         worker_id=params.get("worker_id"), wait_ms=params.get("wait_ms", 0),
     )  # fmt: skip
     if count is None or count == 1:
-        return {"ok": True, "job": jobs[0].to_wire() if jobs else None}
-    return {"ok": True, "jobs": _wire_jobs(jobs)}
+        return {"ok": True, "job": jobs[0] if jobs else None}
+    return {"ok": True, "jobs": jobs}
 
 
 @_command("ack", wire.AckParams, wire.Ok)
@@ -172,7 +169,7 @@ async def get(app: Conveyor, params: Params) -> Reply:
     job = await app.get(params["id"])
     if job is None:
         raise JobNotFoundError(f"job {params['id']} not found", details={"id": str(params["id"])})
-    return {"ok": True, "job": job.to_wire()}
+    return {"ok": True, "job": job}
 
 
 # -- queues -------------------------------------------------------------------------------------
@@ -209,7 +206,7 @@ async def queue_resume(app: Conveyor, params: Params) -> Reply:
 async def dlq(app: Conveyor, params: Params) -> Reply:
     """Dead-lettered jobs of the queue, most recent first."""
     jobs = await app.dlq(params["queue"], params.get("limit", 100), params.get("offset", 0))
-    return {"ok": True, "jobs": _wire_jobs(jobs)}
+    return {"ok": True, "jobs": jobs}
 
 
 # -- flows --------------------------------------------------------------------------------------
@@ -229,7 +226,7 @@ async def flow(app: Conveyor, params: Params) -> Reply:
     return {
         "ok": True,
         "flow_id": status.flow_id,
-        "jobs": _wire_jobs(status.jobs),
+        "jobs": status.jobs,
         "summary": status.summary.model_dump(),
     }
 

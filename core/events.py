@@ -18,6 +18,8 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -118,7 +120,7 @@ class EventDispatcher:
                 continue
             feed = _Feed(name)
             (self._following if shared is not None and scope == "cluster" else self._feeds).append(feed)
-            tg.start_soon(self._deliver, feed, sink.handle, name=f"conveyor-sink:{name}")
+            tg.start_soon(self._deliver, feed, sink, name=f"conveyor-sink:{name}")
         if shared is not None:
             feed = _Feed("event-log")
             self._feeds.append(feed)
@@ -180,11 +182,10 @@ class EventDispatcher:
         finally:
             drained.set()
 
-    async def _deliver(self, feed: _Feed, handle: Any) -> None:
+    async def _deliver(self, feed: _Feed, sink: EventSink) -> None:
         with self._draining():
             async for batch in feed.batches():
-                for event in batch:
-                    await _handle(feed.name, handle, event)
+                await _hand_over(feed.name, sink, batch)
 
     async def _publish(self, shared: EventLog, feed: _Feed) -> None:
         """Append this node's events to the shared log, as many per transaction as are waiting."""
@@ -236,9 +237,8 @@ class EventDispatcher:
             except Exception:  # noqa: BLE001 - the database may come back
                 log.exception("claiming events from the shared log for sink %s failed", name)
                 batch = []
-            for _, payload in batch:
-                if (event := _parse(payload)) is not None:
-                    await _handle(name, sink.handle, event)
+            if events := [event for _, payload in batch if (event := _parse(payload)) is not None]:
+                await _hand_over(name, sink, events)
             if len(batch) < LOG_BATCH:
                 await shared.wait(LOG_POLL_S)
 
@@ -268,11 +268,20 @@ class EventDispatcher:
             scope.cancel()
 
 
-async def _handle(name: str, handle: Any, event: Event) -> None:
-    try:
-        await handle(event)
-    except Exception:  # noqa: BLE001 - one bad sink must not stop the others
-        log.exception("event sink %s failed on %s", name, event.event)
+async def _hand_over(name: str, sink: EventSink, events: list[Event]) -> None:
+    """One operation's events to ``sink``: in one call to its ``handle_batch`` when it has one
+    (a batch of 1,000 acks is then one call, not 1,000), else to ``handle`` one by one."""
+    if (handle_batch := getattr(sink, "handle_batch", None)) is not None:
+        try:
+            await handle_batch(events)
+        except Exception:  # noqa: BLE001 - one bad sink must not stop the others
+            log.exception("event sink %s failed on a batch of %d events", name, len(events))
+        return
+    for event in events:
+        try:
+            await sink.handle(event)
+        except Exception:  # noqa: BLE001 - one bad sink must not stop the others
+            log.exception("event sink %s failed on %s", name, event.event)
 
 
 def _parse(payload: dict[str, Any]) -> Event | None:
@@ -289,8 +298,14 @@ def _parse(payload: dict[str, Any]) -> Event | None:
 def job_event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
     return trusted(
         Event,
-        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
+        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": _timestamp(now_ms), "data": data or {}},
     )
+
+
+@lru_cache(maxsize=1)
+def _timestamp(now_ms: int) -> datetime:
+    """The events of one batch share their time: one datetime for all of them."""
+    return ms_to_dt(now_ms)
 
 
 def spawn_events(done: Modified) -> list[Event]:
@@ -305,7 +320,7 @@ def spawn_events(done: Modified) -> list[Event]:
 
 def cascade_events(done: Modified, now_ms: int) -> list[Event]:
     """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
-    at = ms_to_dt(now_ms)
+    at = _timestamp(now_ms)
     return [
         trusted(
             Event,

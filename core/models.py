@@ -66,6 +66,10 @@ def trusted(cls: type[M], values: dict[str, Any]) -> M:
     return obj
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -186,7 +190,8 @@ class Job(BaseModel):
     unique_key: str | None = None
     tags: list[str] = Field(default_factory=list)
     group_id: str | None = None
-    metadata: JsonValue = None
+    metadata: JsonValue = Field(None, exclude_if=_is_none)
+    """Left out of the serialized job when null (RustQueue compatibility)."""
     depends_on: list[UUID] = Field(default_factory=list)
     flow_id: str | None = None
     lifo: bool = False
@@ -201,11 +206,8 @@ class Job(BaseModel):
         return trusted(cls, values)
 
     def to_wire(self) -> dict[str, Any]:
-        """JSON-ready dict; ``metadata`` is omitted when null (RustQueue compatibility)."""
-        out = self.model_dump(mode="json")
-        if out["metadata"] is None:
-            del out["metadata"]
-        return out
+        """JSON-ready dict, as the protocols send it (``metadata`` omitted when null)."""
+        return self.model_dump(mode="json")
 
 
 class QueueCounts(BaseModel):

@@ -13,9 +13,16 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic_core import to_json
 
 from .models import AckResult, EventName, FlowStep, FlowSummary, Job, JobSpec, JobState, QueueCounts, QueueInfo
 from .webhooks import WebhookSpec
+
+
+def encode(reply: dict[str, Any]) -> bytes:
+    """A reply as compact UTF-8 JSON, the bytes both protocols send. Replies hold JSON values
+    and models (a pulled `Job` is serialized here, in one pass, not first copied into a dict)."""
+    return to_json(reply)
 
 
 class _Params(BaseModel):

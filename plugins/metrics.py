@@ -10,6 +10,7 @@ the ``webhooks`` plugin delivery outcomes, all through ``app.metrics``.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
@@ -46,8 +47,14 @@ class MetricsSink:
         self.app = app
 
     async def handle(self, event: Event) -> None:
-        if (metric := COUNTED.get(event.event)) is not None:
-            self.app.metrics.inc(metric, event.queue)
+        await self.handle_batch([event])
+
+    async def handle_batch(self, events: list[Event]) -> None:
+        """One increment per counter and queue: a batch of 1,000 acks is one ``inc(1000)``."""
+        counts = Counter((COUNTED.get(event.event), event.queue) for event in events)
+        for (metric, queue), amount in counts.items():
+            if metric is not None:
+                self.app.metrics.inc(metric, queue, amount=amount)
 
     async def run(self) -> None:
         """Keep the depth gauges fresh for a recorder the host reads itself. The private

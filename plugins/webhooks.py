@@ -65,9 +65,13 @@ class WebhookSink:
         self._last_warning = float("-inf")
 
     async def handle(self, event: Event) -> None:
+        await self.handle_batch([event])
+
+    async def handle_batch(self, events: list[Event]) -> None:
         for webhook in await self._registrations():
-            if webhook.wants(event):
-                self._schedule(webhook, event)
+            for event in events:
+                if webhook.wants(event):
+                    self._schedule(webhook, event)
 
     async def run(self) -> None:
         """Send what `handle` scheduled until `aclose`, then finish what is under way."""

@@ -58,6 +58,11 @@ class EventHub:
         self.buffer = buffer
         self.subscribers: set[_Subscriber] = set()
 
+    async def handle_batch(self, events: list[Event]) -> None:
+        if self.subscribers:
+            for event in events:
+                await self.handle(event)
+
     async def handle(self, event: Event) -> None:
         if not self.subscribers:
             return

@@ -96,9 +96,9 @@ def _body(model: type[BaseModel], *, array: bool = False, single: bool = True, r
     return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
-async def _run(request: Request, name: str, params: dict[str, Any], status: int = 200) -> JSONResponse:
+async def _run(request: Request, name: str, params: dict[str, Any], status: int = 200) -> Response:
     reply = await commands.execute(request.app.state.conveyor, name, params)
-    return JSONResponse(reply, status_code=status)
+    return Response(wire.encode(reply), status_code=status, media_type="application/json")
 
 
 async def _body_of(request: Request) -> Any:
@@ -132,7 +132,7 @@ def _query(**values: Any) -> dict[str, Any]:
     summary="Push one job (object body) or a batch, all or none (array body)",
     openapi_extra=_body(JobSpec, array=True),
 )  # fmt: skip
-async def push(request: Request, queue: str) -> JSONResponse:
+async def push(request: Request, queue: str) -> Response:
     body = await _body_of(request)
     if isinstance(body, list):
         return await _run(request, "push_batch", {"queue": queue, "jobs": body}, 201)
@@ -148,7 +148,7 @@ async def pull(
     count: Annotated[int | None, Query(description="Without it or with 1: answer `job`; otherwise `jobs`.")] = None,
     wait_ms: Annotated[int | None, Query(description="Long-poll: wait up to this long (ms) for a job.")] = None,
     worker_id: Annotated[str | None, Query(description="Who holds the claimed jobs.")] = None,
-) -> JSONResponse:
+) -> Response:
     return await _run(request, "pull", _query(queue=queue, count=count, wait_ms=wait_ms, worker_id=worker_id))
 
 
@@ -156,13 +156,13 @@ async def pull(
     "/jobs/ack-batch", response_model=wire.AckBatchResponse, summary="Ack many jobs; a result per item",
     openapi_extra=_body(wire.AckBatchItem, array=True, single=False),
 )  # fmt: skip
-async def ack_batch(request: Request) -> JSONResponse:
+async def ack_batch(request: Request) -> Response:
     body = await _body_of(request)
     return await _run(request, "ack_batch", {"items": body} if isinstance(body, list) else _merge(body))
 
 
 @router.get("/jobs/{job_id}", response_model=wire.JobResponse, summary="Get a job")
-async def get_job(request: Request, job_id: str) -> JSONResponse:
+async def get_job(request: Request, job_id: str) -> Response:
     return await _run(request, "get", {"id": job_id})
 
 
@@ -170,7 +170,7 @@ async def get_job(request: Request, job_id: str) -> JSONResponse:
     "/jobs/{job_id}/ack", response_model=wire.Ok, summary="Complete an active job",
     openapi_extra=_body(wire.AckBody, required=False),
 )  # fmt: skip
-async def ack(request: Request, job_id: str) -> JSONResponse:
+async def ack(request: Request, job_id: str) -> Response:
     return await _run(request, "ack", _merge(await _body_of(request), id=job_id))
 
 
@@ -178,12 +178,12 @@ async def ack(request: Request, job_id: str) -> JSONResponse:
     "/jobs/{job_id}/fail", response_model=wire.FailResponse, summary="Fail an attempt: retry or dead-letter",
     openapi_extra=_body(wire.FailBody),
 )  # fmt: skip
-async def fail(request: Request, job_id: str) -> JSONResponse:
+async def fail(request: Request, job_id: str) -> Response:
     return await _run(request, "fail", _merge(await _body_of(request), id=job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=wire.Ok, summary="Cancel a job that has not started")
-async def cancel(request: Request, job_id: str) -> JSONResponse:
+async def cancel(request: Request, job_id: str) -> Response:
     return await _run(request, "cancel", _merge(await _body_of(request), id=job_id))
 
 
@@ -191,7 +191,7 @@ async def cancel(request: Request, job_id: str) -> JSONResponse:
     "/jobs/{job_id}/progress", response_model=wire.Ok, summary="Report progress (0-100) and a log message",
     openapi_extra=_body(wire.ProgressBody),
 )  # fmt: skip
-async def progress(request: Request, job_id: str) -> JSONResponse:
+async def progress(request: Request, job_id: str) -> Response:
     return await _run(request, "progress", _merge(await _body_of(request), id=job_id))
 
 
@@ -199,7 +199,7 @@ async def progress(request: Request, job_id: str) -> JSONResponse:
     "/jobs/{job_id}/heartbeat", response_model=wire.Ok, summary="Extend an active job's lease",
     openapi_extra=_body(wire.HeartbeatBody, required=False),
 )  # fmt: skip
-async def heartbeat(request: Request, job_id: str) -> JSONResponse:
+async def heartbeat(request: Request, job_id: str) -> Response:
     return await _run(request, "heartbeat", _merge(await _body_of(request), id=job_id))
 
 
@@ -207,7 +207,7 @@ async def heartbeat(request: Request, job_id: str) -> JSONResponse:
     "/jobs/{job_id}/release", response_model=wire.Ok, summary="Give an active job back unrun (worker shutdown)",
     openapi_extra=_body(wire.ReleaseBody, required=False),
 )  # fmt: skip
-async def release(request: Request, job_id: str) -> JSONResponse:
+async def release(request: Request, job_id: str) -> Response:
     return await _run(request, "release", _merge(await _body_of(request), id=job_id))
 
 
@@ -215,22 +215,22 @@ async def release(request: Request, job_id: str) -> JSONResponse:
 
 
 @router.get("/queues", response_model=wire.QueuesResponse, summary="List queues with counts")
-async def list_queues(request: Request) -> JSONResponse:
+async def list_queues(request: Request) -> Response:
     return await _run(request, "queues", {})
 
 
 @router.get("/queues/{queue}/stats", response_model=wire.StatsResponse, summary="Counts by state for a queue")
-async def stats(request: Request, queue: str) -> JSONResponse:
+async def stats(request: Request, queue: str) -> Response:
     return await _run(request, "stats", {"queue": queue})
 
 
 @router.post("/queues/{queue}/pause", response_model=wire.Ok, summary="Pause a queue (persisted)")
-async def pause(request: Request, queue: str) -> JSONResponse:
+async def pause(request: Request, queue: str) -> Response:
     return await _run(request, "queue_pause", {"queue": queue})
 
 
 @router.post("/queues/{queue}/resume", response_model=wire.Ok, summary="Resume a paused queue")
-async def resume(request: Request, queue: str) -> JSONResponse:
+async def resume(request: Request, queue: str) -> Response:
     return await _run(request, "queue_resume", {"queue": queue})
 
 
@@ -240,7 +240,7 @@ async def dlq(
     queue: str,
     limit: Annotated[int | None, Query(description="At most this many (default 100, at most 1000).")] = None,
     offset: Annotated[int | None, Query(description="Skip this many.")] = None,
-) -> JSONResponse:
+) -> Response:
     return await _run(request, "dlq", _query(queue=queue, limit=limit, offset=offset))
 
 
@@ -251,7 +251,7 @@ async def dlq(
     "/flows", status_code=201, response_model=wire.FlowSubmittedResponse,
     summary="Submit a whole dependency graph atomically", openapi_extra=_body(FlowSpec),
 )  # fmt: skip
-async def submit_flow(request: Request) -> JSONResponse:
+async def submit_flow(request: Request) -> Response:
     body = await _body_of(request)
     if body is None:
         raise ValidationError("request body is required: a flow object with steps", field="body")
@@ -259,7 +259,7 @@ async def submit_flow(request: Request) -> JSONResponse:
 
 
 @router.get("/flows/{flow_id}", response_model=wire.FlowStatusResponse, summary="A flow's jobs and counts")
-async def flow_status(request: Request, flow_id: str) -> JSONResponse:
+async def flow_status(request: Request, flow_id: str) -> Response:
     return await _run(request, "flow", {"flow_id": flow_id})
 
 
@@ -271,7 +271,7 @@ async def flow_status(request: Request, flow_id: str) -> JSONResponse:
     summary="Register a webhook (events and queues filter; secret signs the payload)",
     openapi_extra=_body(wire.WebhookCreateParams),
 )  # fmt: skip
-async def create_webhook(request: Request) -> JSONResponse:
+async def create_webhook(request: Request) -> Response:
     body = await _body_of(request)
     if body is None:
         raise ValidationError("request body is required: {url, events, queues, secret}", field="body")
@@ -279,17 +279,17 @@ async def create_webhook(request: Request) -> JSONResponse:
 
 
 @router.get("/webhooks", response_model=wire.WebhooksResponse, summary="List webhooks (secrets are never returned)")
-async def list_webhooks(request: Request) -> JSONResponse:
+async def list_webhooks(request: Request) -> Response:
     return await _run(request, "webhook_list", {})
 
 
 @router.get("/webhooks/{webhook_id}", response_model=wire.WebhookResponse, summary="Get a webhook")
-async def get_webhook(request: Request, webhook_id: str) -> JSONResponse:
+async def get_webhook(request: Request, webhook_id: str) -> Response:
     return await _run(request, "webhook_get", {"id": webhook_id})
 
 
 @router.delete("/webhooks/{webhook_id}", response_model=wire.Ok, summary="Delete a webhook")
-async def delete_webhook(request: Request, webhook_id: str) -> JSONResponse:
+async def delete_webhook(request: Request, webhook_id: str) -> Response:
     return await _run(request, "webhook_delete", {"id": webhook_id})
 
 
@@ -298,10 +298,10 @@ async def delete_webhook(request: Request, webhook_id: str) -> JSONResponse:
 
 @public_router.get("/health", response_model=wire.HealthResponse, summary="Liveness (public)")
 @router.get("/health", response_model=wire.HealthResponse, summary="Liveness (public)")
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> Response:
     return JSONResponse({"ok": True, "status": "ok", "version": __version__})
 
 
 @router.get("/openapi.json", include_in_schema=False)
-async def openapi(request: Request) -> JSONResponse:
+async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.openapi())

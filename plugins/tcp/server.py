@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
 
-from conveyor import Conveyor, commands
+from conveyor import Conveyor, commands, wire
 from conveyor.auth import TokenAuth
 from conveyor.errors import ConveyorError, LimitExceededError, ParseError, UnauthorizedError, ValidationError
 
@@ -66,7 +66,7 @@ class _Lines:
 
 
 def _encode(reply: dict[str, Any]) -> bytes:
-    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return wire.encode(reply) + b"\n"
 
 
 def _error(exc: ConveyorError) -> dict[str, Any]:

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, UnknownCommandError, ValidationError, commands
+from conveyor import Conveyor, UnknownCommandError, ValidationError, commands, wire
 
 pytestmark = pytest.mark.anyio
 
 
 async def run(app: Conveyor, cmd: str, /, **params: Any) -> dict[str, Any]:
     """Execute like a protocol would (JSON in, JSON out) and check the documented shape."""
-    reply = json.loads(json.dumps(await commands.execute(app, cmd, json.loads(json.dumps(params)))))
+    reply = json.loads(wire.encode(await commands.execute(app, cmd, json.loads(json.dumps(params)))))
     commands.COMMANDS[cmd].response.model_validate(reply)
     assert reply["ok"] is True
     return reply

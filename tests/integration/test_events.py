@@ -107,3 +107,37 @@ async def test_sink_that_is_not_a_sink_is_refused(file_url: str) -> None:
     app = Conveyor(file_url, plugins=[SinkPlugin(object())], plugin_autoload=False)
     with pytest.raises(PluginError, match="EventSink"):
         await app.open()
+
+
+class BatchRecorder(Recorder):
+    """A sink with ``handle_batch``: each operation's events arrive in one call."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__()
+        self.batches: list[list[Event]] = []
+        self.fail_first = fail_first
+
+    async def handle(self, event: Event) -> None:
+        raise AssertionError("handle must not be called when handle_batch exists")
+
+    async def handle_batch(self, events: list[Event]) -> None:
+        self.batches.append(list(events))
+        if self.fail_first and len(self.batches) == 1:
+            raise RuntimeError("sink bug")
+        for event in events:
+            await Recorder.handle(self, event)
+
+
+async def test_a_sink_with_handle_batch_gets_each_operation_in_one_call(file_url: str) -> None:
+    sink, broken = BatchRecorder(), BatchRecorder(fail_first=True)
+    async with Conveyor(file_url, plugins=[SinkPlugin(sink, broken)], maintenance=False, plugin_autoload=False) as app:
+        ids = await app.push_batch("q", [{"name": f"j{i}"} for i in range(30)])
+        jobs = await app.pull("q", 30)
+        await app.ack_batch([{"id": job.id} for job in jobs])
+        events = await sink.wait_for(60)
+        await broken.wait_for(30)  # its first batch raised; the next still came
+    assert [len(batch) for batch in sink.batches] == [30, 30]
+    assert [e.job_id for e in sink.batches[0]] == ids and {e.event for e in sink.batches[0]} == {"job.pushed"}
+    assert [e.job_id for e in sink.batches[1]] == ids and {e.event for e in sink.batches[1]} == {"job.completed"}
+    assert len({e.timestamp for e in sink.batches[1]}) == 1 and len(events) == 60
+    assert [len(batch) for batch in broken.batches] == [30, 30] and len(broken.events) == 30

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from uuid import UUID
 
 import pytest
@@ -71,6 +73,24 @@ def test_uuid7_is_version_7_and_monotonic() -> None:
     ids = [uuid7() for _ in range(5000)]
     assert all(i.version == 7 and i.variant == "specified in RFC 4122" for i in ids)
     assert ids == sorted(ids) and len(set(ids)) == 5000
+    assert all(uuid.UUID(str(i)) == i and hash(i) == hash(uuid.UUID(str(i))) for i in ids[:100])
+
+
+def test_uuid7_random_bits_differ_in_a_forked_child() -> None:
+    """Random bits are drawn from a pool: a child forked with the pool half used must not
+    repeat the ids its parent makes next."""
+    uuid7()  # the pool is filled now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, uuid7().bytes)
+        os._exit(0)
+    os.close(write)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.waitpid(pid, 0)
+    os.close(read)
+    ours = uuid7()
+    assert child.int & ((1 << 62) - 1) != ours.int & ((1 << 62) - 1)
 
 
 def test_millisecond_times_round_trip_exactly() -> None:
