@@ -321,7 +321,8 @@ class Conveyor(TaskHost):
                 results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
                 if emitting:
                     events.append(job_event("job.completed", done, now))
-                    events.extend(spawn_events(done))
+                    if done.spawned:
+                        events.extend(spawn_events(done))
         self._emit(events)
         return results
 

@@ -18,8 +18,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -298,14 +296,8 @@ def _parse(payload: dict[str, Any]) -> Event | None:
 def job_event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
     return trusted(
         Event,
-        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": _timestamp(now_ms), "data": data or {}},
+        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
     )
-
-
-@lru_cache(maxsize=1)
-def _timestamp(now_ms: int) -> datetime:
-    """The events of one batch share their time: one datetime for all of them."""
-    return ms_to_dt(now_ms)
 
 
 def spawn_events(done: Modified) -> list[Event]:
@@ -320,7 +312,7 @@ def spawn_events(done: Modified) -> list[Event]:
 
 def cascade_events(done: Modified, now_ms: int) -> list[Event]:
     """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
-    at = _timestamp(now_ms)
+    at = ms_to_dt(now_ms)
     return [
         trusted(
             Event,

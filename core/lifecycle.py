@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,9 @@ CANCELLABLE = frozenset({JobState.WAITING, JobState.DELAYED, JobState.BLOCKED})
 NOT_STARTED = CANCELLABLE
 
 
+@lru_cache(maxsize=16)
 def ms_to_dt(ms: int) -> datetime:
+    """Cached: the jobs and events of one batch share their time (a datetime is immutable)."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 

@@ -113,7 +113,16 @@ class JobSpec(_Input):
     @classmethod
     def parse(cls, value: Any, where: str = "") -> JobSpec:
         """Validate a job body whose options may be flat (RustQueue clients) or nested."""
+        if type(value) is dict and value.keys() <= _BARE_KEYS:  # no options: the common shape
+            name, queue = value.get("name"), value.get("queue")
+            if type(name) is str and name and (queue is None or type(queue) is str):
+                # What validation would build; ``data`` is checked when it is serialized.
+                return trusted(cls, {"queue": queue, "name": name, "data": value.get("data"), "options": _NO_OPTIONS})
         return parse(cls, gather_flat_options(value, where), where)
+
+
+_BARE_KEYS = frozenset({"queue", "name", "data"})
+_NO_OPTIONS = JobOptions()
 
 
 class FollowUp(_Input):

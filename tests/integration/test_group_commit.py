@@ -68,3 +68,29 @@ async def test_many_concurrent_calls_each_get_their_own_outcome(url: str) -> Non
         assert refused == {i for i in range(200) if i % 5}
         stored = await app.pull("many", 1000)
         assert sorted(job.name for job in stored) == sorted(f"job-{i}" for i in range(0, 200, 5))
+
+
+async def test_a_shared_group_commits_on_the_committer_thread_and_is_on_disk(tmp_path: Path) -> None:
+    """A group of several callers is committed off the loop; each call returns only once its
+    transaction is committed: another connection sees every acknowledged job."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "c.db"
+    async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
+        ids: list[Any] = []
+
+        async def push(i: int) -> None:
+            ids.append(await app.push("q", f"job-{i}"))
+
+        async with anyio.create_task_group() as tg:  # started in one tick: one group
+            for i in range(20):
+                tg.start_soon(push, i)
+        assert any(t.name.startswith("conveyor-sqlite-commit") for t in threading.enumerate())
+        other = sqlite3.connect(path)
+        try:
+            stored = {row[0] for row in other.execute("SELECT id FROM conveyor_jobs")}
+        finally:
+            other.close()
+        assert stored == {job_id.hex for job_id in ids}
+    assert not any(t.name.startswith("conveyor-sqlite-commit") for t in threading.enumerate())

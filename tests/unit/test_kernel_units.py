@@ -142,3 +142,24 @@ def test_job_spec_accepts_nested_or_flat_options() -> None:
     nested = JobSpec.parse({"name": "a", "options": {"priority": 3}})
     flat = JobSpec.parse({"name": "a", "priority": 3})
     assert nested == flat and flat.options.priority == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"name": "j"}, {"name": "j", "data": {"a": [1, None]}}, {"queue": "q", "name": "j", "data": "x"}],
+)
+def test_a_bare_job_body_parses_as_validation_would(body: dict[str, object]) -> None:
+    from conveyor._limits import parse
+    from conveyor.models import JobSpec
+
+    assert JobSpec.parse(body).model_dump() == parse(JobSpec, body).model_dump()
+
+
+@pytest.mark.parametrize("body", [{"name": ""}, {"name": 3}, {"queue": 5, "name": "j"}, {"data": 1}])
+def test_a_bad_bare_job_body_is_refused_by_field(body: dict[str, object]) -> None:
+    from conveyor.errors import ValidationError
+    from conveyor.models import JobSpec
+
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.parse(body)
+    assert caught.value.field in ("name", "queue")
