@@ -4,6 +4,7 @@ The public API is re-exported here; modules prefixed with ``_`` are private.
 """
 
 from . import commands, wire
+from ._gc import tune_gc
 from ._version import __version__
 from .app import Conveyor
 from .client import Client, SyncClient, connect, connect_sync
@@ -54,7 +55,7 @@ from .sync import SyncConveyor
 from .workers import WorkerRegistry
 
 __all__ = [
-    "__version__", "AckItem", "AckResult", "Client", "ClientConnectionError", "SyncClient", "connect", "connect_sync", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
+    "__version__", "tune_gc", "AckItem", "AckResult", "Client", "ClientConnectionError", "SyncClient", "connect", "connect_sync", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
     "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",

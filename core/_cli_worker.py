@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 
+from ._gc import tune_gc
 from .client import connect
 from .errors import ValidationError
 from .runner import WorkerRunner
@@ -60,6 +61,7 @@ async def run(args: argparse.Namespace) -> int:
     if app is not declared:
         app.use_tasks(declared.tasks)
     async with app:
+        tune_gc()  # start-up is done: what is alive now stays
         queues = args.queues or declared.tasks.queues
         if not queues:
             raise ValidationError("no queue to serve: pass --queue or register a task", field="queue")

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 DRAIN_ON_CLOSE_S = 5.0
+MERGE_EVENTS = 10_000
+"""A sink woken after a while takes up to this many waiting events in one hand-over."""
 LOG_BATCH = 500
 LOG_POLL_S = 1.0
 """Followers of the shared log re-read at least this often, in case a wake-up was missed."""
@@ -61,9 +63,22 @@ class _Feed:
         self.pending = 0
         self.send, self.receive = anyio.create_memory_object_stream[list[Event]](math.inf)
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
+    async def batches(self, most: int = MERGE_EVENTS) -> AsyncIterator[list[Event]]:
+        """What is waiting, merged in order up to about ``most`` events per batch. Taking one
+        operation per wake-up would fall behind: on a loop busy with many producers a consumer
+        runs once per pass, while each pass may queue an operation per producer."""
         async with self.receive:
-            async for batch in self.receive:
+            async for first in self.receive:
+                merged: list[Event] | None = None  # ``first`` is shared with the other feeds
+                while len(merged or first) < most:
+                    try:
+                        more = self.receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    if merged is None:
+                        merged = list(first)
+                    merged.extend(more)
+                batch = first if merged is None else merged
                 try:
                     yield batch
                 finally:
@@ -188,16 +203,8 @@ class EventDispatcher:
     async def _publish(self, shared: EventLog, feed: _Feed) -> None:
         """Append this node's events to the shared log, as many per transaction as are waiting."""
         with self._draining():
-            async for first in feed.batches():
-                batch = [event.to_wire() for event in first]
-                while len(batch) < LOG_BATCH:
-                    try:
-                        more = feed.receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    feed.pending -= len(more)
-                    batch.extend(event.to_wire() for event in more)
-                await self._append(shared, batch)
+            async for batch in feed.batches(LOG_BATCH):
+                await self._append(shared, [event.to_wire() for event in batch])
 
     async def _append(self, shared: EventLog, batch: list[dict[str, Any]]) -> None:
         try:

@@ -13,8 +13,9 @@ EVENT_SCOPES = ("node", "cluster", "once")
 @runtime_checkable
 class EventSink(Protocol):
     """Receives lifecycle events after commit, from its own task: one at a time through
-    ``handle``, or, when the sink also has ``async handle_batch(events)``, each operation's
-    events in one call (a sink that counts or forwards can then do one thing per batch).
+    ``handle``, or, when the sink also has ``async handle_batch(events)``, what is waiting in
+    one call (whole operations, in order: a sink that counts or forwards does one thing per
+    batch).
 
     Two optional attributes: ``name`` (default: the class name; it names the sink in logs and
     metrics and, for ``"once"``, its cluster-wide cursor) and ``scope``, which matters only

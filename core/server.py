@@ -14,6 +14,7 @@ from collections.abc import Callable
 import anyio
 from anyio import CancelScope
 
+from ._gc import tune_gc
 from .app import Conveyor
 from .config import Settings
 from .errors import PluginError
@@ -36,6 +37,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[str, str], None] 
         if not servers:
             raise PluginError("no protocol server to run: every protocol plugin is disabled or none is installed")
         log.info("storage %s", redact(settings.storage))
+        tune_gc()  # start-up is done: what is alive now stays
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, app, servers, tg.cancel_scope)
             async with anyio.create_task_group() as serving:

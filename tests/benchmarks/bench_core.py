@@ -2,7 +2,10 @@
 
 Not part of the test run. Prints jobs/s per backend; numbers go to tests/benchmarks/RESULTS.md.
 
-    .venv/bin/python tests/benchmarks/bench_core.py [--jobs N] [--backend sqlite|postgres|all]
+    .venv/bin/python tests/benchmarks/bench_core.py [--jobs N] [--backend sqlite|postgres|all] [--tune-gc]
+
+``--tune-gc`` calls `conveyor.tune_gc()` first, as ``conveyor serve`` does for itself and as an
+embedding application may (without it, Python's default garbage-collector settings).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import uuid
 
 import anyio
 
-from conveyor import Conveyor
+from conveyor import Conveyor, tune_gc
 
 PG_URL = os.environ.get("CONVEYOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -126,7 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--backend", choices=["sqlite", "memory", "postgres", "all"], default="all")
+    parser.add_argument("--tune-gc", action="store_true", help="call conveyor.tune_gc() first")
     args = parser.parse_args()
+    if args.tune_gc:
+        tune_gc()
     with tempfile.TemporaryDirectory() as tmp:
         print(
             f"{'baseline':>10} | raw sqlite3 commits     {disk_baseline(tmp):9,.0f}/s  (WAL, synchronous=FULL, 1 row)"

@@ -163,3 +163,20 @@ def test_a_bad_bare_job_body_is_refused_by_field(body: dict[str, object]) -> Non
     with pytest.raises(ValidationError) as caught:
         JobSpec.parse(body)
     assert caught.value.field in ("name", "queue")
+
+
+def test_tune_gc_freezes_the_start_up_heap_and_raises_only_the_first_threshold() -> None:
+    import gc
+
+    from conveyor import tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc(5000)
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (5000, *before[1:])
+        with pytest.raises(ValueError, match="positive"):
+            tune_gc(0)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
