@@ -13,9 +13,10 @@ events, which are all the events there are.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -61,28 +62,52 @@ class _Feed:
     def __init__(self, name: str) -> None:
         self.name = name
         self.pending = 0
-        self.send, self.receive = anyio.create_memory_object_stream[list[Event]](math.inf)
+        self.closed = False
+        self._waiting: deque[list[Event]] = deque()
+        self._wakeup: asyncio.Future[None] | None = None
+        """Resolved by `put` when the consumer sleeps: a busy consumer costs the producer
+        nothing. A bare asyncio future (Conveyor runs on asyncio): an ``anyio.Event`` costs
+        several µs per wake-up in backend detection, paid by every sink on every push."""
+
+    def put(self, events: list[Event]) -> None:
+        if self.closed:
+            return
+        self._waiting.append(events)
+        self.pending += len(events)
+        self._wake()
+
+    def close(self) -> None:
+        """No more events; the consumer finishes what is waiting, then stops."""
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            if not self._wakeup.done():
+                self._wakeup.set_result(None)
+            self._wakeup = None
 
     async def batches(self, most: int = MERGE_EVENTS) -> AsyncIterator[list[Event]]:
         """What is waiting, merged in order up to about ``most`` events per batch. Taking one
         operation per wake-up would fall behind: on a loop busy with many producers a consumer
         runs once per pass, while each pass may queue an operation per producer."""
-        async with self.receive:
-            async for first in self.receive:
-                merged: list[Event] | None = None  # ``first`` is shared with the other feeds
-                while len(merged or first) < most:
-                    try:
-                        more = self.receive.receive_nowait()
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                    if merged is None:
-                        merged = list(first)
-                    merged.extend(more)
-                batch = first if merged is None else merged
-                try:
-                    yield batch
-                finally:
-                    self.pending -= len(batch)
+        waiting = self._waiting
+        while True:
+            if not waiting:
+                if self.closed:
+                    return
+                self._wakeup = asyncio.get_running_loop().create_future()
+                await self._wakeup
+                continue
+            batch = waiting.popleft()
+            if waiting and len(batch) < most:
+                batch = list(batch)  # the first list is shared with the other feeds
+                while waiting and len(batch) < most:
+                    batch.extend(waiting.popleft())
+            try:
+                yield batch
+            finally:
+                self.pending -= len(batch)
 
 
 class EventDispatcher:
@@ -162,11 +187,7 @@ class EventDispatcher:
         if feed.pending + len(events) > self.buffer:
             self._drop(feed.name, events)
             return
-        try:
-            feed.send.send_nowait(events)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return
-        feed.pending += len(events)
+        feed.put(events)
 
     def _drop(self, name: str, events: list[Event]) -> None:
         self.dropped += len(events)
@@ -255,7 +276,7 @@ class EventDispatcher:
             scope.cancel()
         feeds, self._feeds = self._feeds + self._following, []
         for feed in feeds:
-            feed.send.close()
+            feed.close()
         deadline = anyio.current_time() + DRAIN_ON_CLOSE_S
         for scope in self._scopes:
             scope.deadline = deadline

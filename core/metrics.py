@@ -61,7 +61,9 @@ class Metric(Protocol):
 
 class Recorder(Protocol):
     """What `install_external_recorder` accepts: factories of labelled metrics whose children
-    have ``inc(amount)`` (counter), ``set(value)`` (gauge) and ``observe(value)`` (histogram)."""
+    have ``inc(amount)`` (counter), ``set(value)`` (gauge) and ``observe(value)`` (histogram).
+    A child is asked for once per metric and label values, then kept (as prometheus-client's
+    ``labels()`` returns the same child every time)."""
 
     def counter(self, name: str, documentation: str, labelnames: Sequence[str]) -> Metric: ...
 
@@ -107,6 +109,7 @@ class MetricsRegistry:
         self._recorder: Recorder | None = None
         self._prometheus: CollectorRegistry | None = None
         self._metrics: dict[str, Metric] = {}
+        self._children: dict[tuple[str, ...], Any] = {}
         self._refreshers: dict[str, Refresher] = {}
         self.external = False
         """Whether the host installed the recorder: then someone else scrapes it, and gauges
@@ -156,6 +159,7 @@ class MetricsRegistry:
         if self._recorder is not None:
             raise PluginError("a metrics recorder is already installed for this Conveyor; install one before open()")
         self._recorder, self._metrics = recorder, metrics
+        self._children.clear()
         self.external = True
 
     @staticmethod
@@ -172,16 +176,24 @@ class MetricsRegistry:
     # -- recording -------------------------------------------------------------------------
 
     def inc(self, name: str, *labels: str, amount: float = 1.0) -> None:
-        if (metric := self._metrics.get(name)) is not None:
-            metric.labels(*labels).inc(amount)
+        if (child := self._child(name, labels)) is not None:
+            child.inc(amount)
 
     def set(self, name: str, value: float, *labels: str) -> None:
-        if (metric := self._metrics.get(name)) is not None:
-            metric.labels(*labels).set(value)
+        if (child := self._child(name, labels)) is not None:
+            child.set(value)
 
     def observe(self, name: str, value: float, *labels: str) -> None:
-        if (metric := self._metrics.get(name)) is not None:
-            metric.labels(*labels).observe(value)
+        if (child := self._child(name, labels)) is not None:
+            child.observe(value)
+
+    def _child(self, name: str, labels: tuple[str, ...]) -> Any:
+        """The labelled child, looked up once (``labels()`` takes a lock and hashes each time;
+        this runs on every command)."""
+        key = (name, *labels)
+        if (child := self._children.get(key)) is None and (metric := self._metrics.get(name)) is not None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     # -- values computed on demand ---------------------------------------------------------
 
