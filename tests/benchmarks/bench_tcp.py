@@ -6,7 +6,8 @@ Not part of the test run. Numbers go to tests/benchmarks/RESULTS.md.
 
 Batched: ``push_batch`` of 50, then ``pull`` count 50 + ``ack_batch`` of 50 until drained, with
 1 and 4 connections; reported as jobs/s for the push phase, the drain phase, and the whole
-cycle (every job pushed, pulled and acked: jobs / (push time + drain time)). Single ops: one
+cycle (every job pushed, pulled and acked: jobs / (push time + drain time)); then 2 producer
+and 2 worker connections at once (jobs / time from first push to last ack). Single ops: one
 job per request (push, pull, ack) from 16 connections. Then the batched cycle again through
 the Python client (`conveyor.connect("tcp://...")`), to show what the library costs. The raw
 client is minimal asyncio streams with pipelining off (one request in flight per connection).
@@ -76,6 +77,30 @@ async def batched(conns: list[Line], jobs: int, queue: str) -> tuple[float, floa
     return pushed, time.perf_counter() - t
 
 
+async def concurrent(producers: list[Line], consumers: list[Line], jobs: int, queue: str) -> float:
+    """Producers push batches while consumers pull and ack them: jobs/s from the first push to
+    the last ack (how a deployment runs; the phases above run one after the other)."""
+    per = jobs // len(producers) // BATCH
+    acked = 0
+
+    async def push(c: Line) -> None:
+        for i in range(per):
+            batch = [{"name": "j", "data": i * BATCH + k} for k in range(BATCH)]
+            await c.call({"cmd": "push_batch", "queue": queue, "jobs": batch})
+
+    async def work(c: Line) -> None:
+        nonlocal acked
+        while acked < per * BATCH * len(producers):
+            got = (await c.call({"cmd": "pull", "queue": queue, "count": BATCH, "wait_ms": 100}))["jobs"]
+            if got:
+                await c.call({"cmd": "ack_batch", "items": [{"id": j["id"], "result": j["data"]} for j in got]})
+                acked += len(got)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(push(c) for c in producers), *(work(c) for c in consumers))
+    return acked / (time.perf_counter() - t)
+
+
 async def single(conns: list[Line], jobs: int, queue: str) -> dict[str, float]:
     per = jobs // len(conns)
     ids: list[str] = []
@@ -126,6 +151,9 @@ async def run(storage: str, jobs: int) -> None:
         for n in (1, 4):
             conns = [await Line.open(host, port) for _ in range(n)]
             report(f"batches of {BATCH}, {n} conn", jobs, *await batched(conns, jobs, f"b{n}-{uuid.uuid4().hex[:6]}"))
+        conns = [await Line.open(host, port) for _ in range(4)]
+        rate = await concurrent(conns[:2], conns[2:], jobs, f"c-{uuid.uuid4().hex[:6]}")
+        print(f"  concurrent, 2 push + 2 work  {rate:>8,.0f} jobs/s pushed, pulled and acked")
         conns = [await Line.open(host, port) for _ in range(16)]
         rates = await single(conns, min(jobs, 8000), f"s-{uuid.uuid4().hex[:6]}")
         print("  single ops, 16 conns       " + "  ".join(f"{k} {v:,.0f}/s" for k, v in rates.items()))
