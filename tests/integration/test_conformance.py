@@ -280,6 +280,35 @@ async def test_push_batch_returns_ids_in_order(app: Conveyor) -> None:
     assert [(j.name, j.queue, j.priority) for j in jobs if j] == [("a", "q", 0), ("b", "q", 1), ("c", "other", 0)]
 
 
+async def test_a_batch_of_plain_and_optioned_jobs_stores_each_exactly(app: Conveyor) -> None:
+    """The insert binds only the columns some job of the batch fills: the others stay empty,
+    and a column one job fills is stored for it and null for the rest."""
+    full = {
+        "name": "full", "data": {"x": 1}, "priority": 5, "tags": ["t"], "unique_key": "u", "metadata": {"m": 1},
+        "ttl_ms": 60_000, "timeout_ms": 5_000, "custom_id": "c", "group_id": "g", "flow_id": "f", "lifo": True,
+    }  # fmt: skip
+    ids = await app.push_batch("q", [{"name": "plain"}, full, {"name": "plain2", "data": None}])
+    ids += await app.push_batch("q", [{"name": "alone"}])
+    plain1, job, plain2, alone = [await app.get(i) for i in ids]
+    assert job is not None
+    assert (job.data, job.priority, job.tags, job.unique_key, job.metadata) == ({"x": 1}, 5, ["t"], "u", {"m": 1})
+    assert (job.ttl_ms, job.timeout_ms, job.custom_id, job.group_id, job.flow_id, job.lifo) == (
+        60_000, 5_000, "c", "g", "f", True,
+    )  # fmt: skip
+    for plain in (plain1, plain2, alone):
+        assert plain is not None
+        assert (plain.data, plain.tags, plain.unique_key, plain.metadata, plain.ttl_ms, plain.timeout_ms) == (
+            None, [], None, None, None, None,
+        )  # fmt: skip
+        assert (plain.custom_id, plain.group_id, plain.flow_id, plain.lifo, plain.priority) == (
+            None,
+            None,
+            None,
+            False,
+            0,
+        )
+
+
 async def test_push_batch_is_all_or_nothing(app: Conveyor) -> None:
     with pytest.raises(ValidationError, match=r"jobs\[2\]\.options\.priority"):
         await app.push_batch("q", [{"name": "a"}, {"name": "b"}, {"name": "c", "priority": "high"}])
