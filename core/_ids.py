@@ -54,8 +54,12 @@ def uuid7() -> uuid.UUID:
                 _counter = 0
             ms = _last_ms
         counter = _counter
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | (random & _RAND_B)
-    # What ``uuid.UUID(int=value)`` builds, without re-checking a value made valid above.
+    return uuid_from_int((ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | (random & _RAND_B))
+
+
+def uuid_from_int(value: int) -> uuid.UUID:
+    """What ``uuid.UUID(int=value)`` builds, without its checks: for a 128-bit ``value`` the
+    caller made or parsed from 32 hex digits (on the per-job hot paths, ~4x faster)."""
     made = _new(_UUID)
     _set(made, "int", value)
     _set(made, "is_safe", _UNKNOWN)

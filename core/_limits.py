@@ -13,6 +13,7 @@ from uuid import UUID
 
 import pydantic
 
+from ._ids import uuid_from_int
 from .errors import LimitExceededError, ValidationError
 
 MAX_QUEUE_NAME_BYTES = 256
@@ -95,6 +96,8 @@ def check_job_id(value: Any, field: str = "id") -> UUID:
         return value
     if isinstance(value, str):
         try:
+            if len(value) == 36 and len(digits := value.replace("-", "")) == 32:
+                return uuid_from_int(int(digits, 16))  # what UUID(value) makes, ~3x faster
             return UUID(value)
         except ValueError:
             pass

@@ -125,7 +125,7 @@ async def ack(app: Conveyor, params: Params) -> Reply:
 async def ack_batch(app: Conveyor, params: Params) -> Reply:
     """Ack many jobs in one transaction; one result per item, in order."""
     results = await app.ack_batch(params["items"], worker_id=params.get("worker_id"))
-    return {"ok": True, "results": [{"id": r.id, "ok": r.ok, "error": r.error} for r in results]}
+    return {"ok": True, "results": results}
 
 
 @_command("fail", wire.FailParams, wire.FailResponse)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from typing import Any
-from uuid import UUID, SafeUUID
+from uuid import UUID
+
+from conveyor._ids import uuid_from_int
 
 from .tables import jobs
 
@@ -47,11 +49,8 @@ class Dialect:
 
 
 def uuid_from_hex(text: str) -> UUID:
-    """`UUID` from the 32-digit hex we stored, without re-parsing the canonical forms (~4x faster)."""
-    value = object.__new__(UUID)
-    object.__setattr__(value, "int", int(text, 16))
-    object.__setattr__(value, "is_safe", SafeUUID.unknown)
-    return value
+    """`UUID` from the 32-digit hex we stored, without re-parsing the canonical forms."""
+    return uuid_from_int(int(text, 16))
 
 
 SQLITE = Dialect("sqlite")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from uuid import UUID
 
@@ -74,6 +75,8 @@ def test_uuid7_is_version_7_and_monotonic() -> None:
     assert all(i.version == 7 and i.variant == "specified in RFC 4122" for i in ids)
     assert ids == sorted(ids) and len(set(ids)) == 5000
     assert all(uuid.UUID(str(i)) == i and hash(i) == hash(uuid.UUID(str(i))) for i in ids[:100])
+    now_ms = time.time_ns() // 1_000_000
+    assert all(now_ms - 60_000 < i.int >> 80 <= now_ms + 5 for i in (ids[0], ids[-1]))  # unix ms on top
 
 
 def test_uuid7_random_bits_differ_in_a_forked_child() -> None:
@@ -180,3 +183,31 @@ def test_tune_gc_freezes_the_start_up_heap_and_raises_only_the_first_threshold()
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0190a8c2-7b3e-7c1d-8e2f-123456789abc", "0190A8C2-7B3E-7C1D-8E2F-123456789ABC",
+        "urn:12345678123412341234123456789abc", "{12345678-1234-1234-1234-1234567890}",
+        "12345678-1234-1234-1234-12345678901g", " 2345678-1234-1234-1234-123456789012",
+        "+2345678-1234-1234-1234-123456789012", "1_345678-1234-1234-1234-123456789012",
+        "1234567812341234123412345678----", "0190a8c27b3e7c1d8e2f123456789abc", "x" * 36, "",
+    ],
+)  # fmt: skip
+def test_job_ids_parse_exactly_as_uuid_does(text: str) -> None:
+    """`check_job_id` has a fast path for 36-character ids; it accepts and refuses what
+    ``uuid.UUID`` does, and makes an equal, equally hashed UUID."""
+    from conveyor._limits import check_job_id
+    from conveyor.errors import ValidationError
+
+    try:
+        expected: UUID | None = UUID(text)
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ValidationError, match="must be a job UUID"):
+            check_job_id(text)
+    else:
+        parsed = check_job_id(text)
+        assert (parsed, str(parsed), hash(parsed)) == (expected, str(expected), hash(expected))
