@@ -6,7 +6,8 @@ Not part of the test run. Numbers go to tests/benchmarks/RESULTS.md.
 
 Batched: ``push_batch`` of 50, then ``pull`` count 50 + ``ack_batch`` of 50 until drained, with
 1 and 4 connections; reported as jobs/s for the push phase, the drain phase, and the whole
-cycle (every job pushed, pulled and acked: jobs / (push time + drain time)); then 2 producer
+cycle (every job pushed, pulled and acked: jobs / (push time + drain time)), with the server
+process's CPU per job in each phase (Linux); then 2 producer
 and 2 worker connections at once (jobs / time from first push to last ack). Single ops: one
 job per request (push, pull, ack) from 16 connections. Then the batched cycle again through
 the Python client (`conveyor.connect("tcp://...")`), to show what the library costs. The raw
@@ -52,7 +53,18 @@ class Line:
         return reply
 
 
-async def batched(conns: list[Line], jobs: int, queue: str) -> tuple[float, float]:
+def server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def batched(conns: list[Line], jobs: int, queue: str, pid: int) -> tuple[float, float, float, float]:
+    """Seconds to push ``jobs`` in batches, then to drain them; and the server's CPU seconds
+    in each phase (CPU per job is steadier than wall time on a VM whose speed varies)."""
     per = jobs // len(conns) // BATCH
 
     async def push(c: Line) -> None:
@@ -69,12 +81,12 @@ async def batched(conns: list[Line], jobs: int, queue: str) -> tuple[float, floa
         while got := (await c.call({"cmd": "pull", "queue": queue, "count": BATCH}))["jobs"]:
             await c.call({"cmd": "ack_batch", "items": [{"id": j["id"], "result": j["data"]} for j in got]})
 
-    t = time.perf_counter()
+    cpu, t = server_cpu_s(pid), time.perf_counter()
     await asyncio.gather(*(push(c) for c in conns))
-    pushed = time.perf_counter() - t
-    t = time.perf_counter()
+    cpu_push, pushed = server_cpu_s(pid) - cpu, time.perf_counter() - t
+    cpu, t = server_cpu_s(pid), time.perf_counter()
     await asyncio.gather(*(drain(c) for c in conns))
-    return pushed, time.perf_counter() - t
+    return pushed, time.perf_counter() - t, cpu_push, server_cpu_s(pid) - cpu
 
 
 async def concurrent(producers: list[Line], consumers: list[Line], jobs: int, queue: str) -> float:
@@ -137,9 +149,10 @@ async def library(url: str, jobs: int, queue: str) -> tuple[float, float]:
         return pushed, time.perf_counter() - t
 
 
-def report(label: str, jobs: int, pushed: float, drained: float) -> None:
+def report(label: str, jobs: int, pushed: float, drained: float, *cpu: float) -> None:
+    server = f"  server CPU {cpu[0] / jobs * 1e6:.0f} + {cpu[1] / jobs * 1e6:.0f} µs/job" if cpu else ""
     print(f"  {label:<26} push {jobs / pushed:>8,.0f}/s  drain {jobs / drained:>8,.0f}/s  "
-          f"cycle {jobs / (pushed + drained):>8,.0f} jobs/s")  # fmt: skip
+          f"cycle {jobs / (pushed + drained):>8,.0f} jobs/s{server}")  # fmt: skip
 
 
 async def run(storage: str, jobs: int) -> None:
@@ -150,7 +163,8 @@ async def run(storage: str, jobs: int) -> None:
     try:
         for n in (1, 4):
             conns = [await Line.open(host, port) for _ in range(n)]
-            report(f"batches of {BATCH}, {n} conn", jobs, *await batched(conns, jobs, f"b{n}-{uuid.uuid4().hex[:6]}"))
+            queue = f"b{n}-{uuid.uuid4().hex[:6]}"
+            report(f"batches of {BATCH}, {n} conn", jobs, *await batched(conns, jobs, queue, proc.pid))
         conns = [await Line.open(host, port) for _ in range(4)]
         rate = await concurrent(conns[:2], conns[2:], jobs, f"c-{uuid.uuid4().hex[:6]}")
         print(f"  concurrent, 2 push + 2 work  {rate:>8,.0f} jobs/s pushed, pulled and acked")
