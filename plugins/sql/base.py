@@ -70,9 +70,11 @@ class SqlStorage(Storage, abc.ABC):
         self.wakeups = Wakeups()
 
     @abc.abstractmethod
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
         """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit.
-        ``read_only`` promises ``fn`` writes nothing (SQLite then takes no write lock)."""
+        ``read_only`` promises ``fn`` writes nothing (SQLite then takes no write lock).
+        ``flush=False`` lets the commit return before it reaches the disk when nothing else in
+        its group needs that (see `grouping.Op.flush`)."""
 
     async def insert_jobs(
         self,
@@ -84,7 +86,10 @@ class SqlStorage(Storage, abc.ABC):
         await self._run(_with_woken(p.insert_jobs), list(zip(jobs, texts, strict=True)), resolve)
 
     async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
-        return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id)
+        # A claim lost to a power failure leaves its jobs waiting: they are delivered again, as
+        # after a worker's crash (delivery is at least once). Nothing else is lost: the next
+        # flushed commit (a push, an ack) makes every earlier one durable, in order.
+        return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id, flush=False)
 
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
         if isinstance(decide, Transition):

@@ -31,6 +31,14 @@ class Op:
     args: tuple[Any, ...]
     future: asyncio.Future[Any]
     read_only: bool
+    flush: bool = True
+    """False for a change whose loss in a power failure breaks no promise (a claim: its job
+    is delivered again, as when a worker dies): it need not wait for the disk."""
+
+
+def needs_flush(group: list[Op]) -> bool:
+    """Whether the group's commit must reach the disk before its callers hear of it."""
+    return any(op.flush and not op.read_only for op in group)
 
 
 class GroupQueue:
@@ -47,10 +55,10 @@ class GroupQueue:
         self._pending: list[Op] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
-    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...], read_only: bool) -> Any:
+    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...], read_only: bool, flush: bool = True) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(Op(fn, args, future, read_only))
+        self._pending.append(Op(fn, args, future, read_only, flush))
         if len(self._flushers) < self.max_flushers:
             # A task's first step runs after every callback that is ready now: the calls that
             # arrive together are in the queue by then and share one transaction.

@@ -28,7 +28,7 @@ from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .event_log import EVENTS_KEY, PostgresEventLog
-from .grouping import GroupQueue, Op, Outcome, run_group
+from .grouping import GroupQueue, Op, Outcome, needs_flush, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -121,10 +121,10 @@ class PostgresStorage(SqlStorage):
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
         if self._engine is None:
             raise StorageError(f"storage {self._safe_url()} is closed")
-        result, woken = await self._groups.call(fn, args, read_only)
+        result, woken = await self._groups.call(fn, args, read_only, flush)
         if woken:
             self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
         return result
@@ -229,6 +229,8 @@ def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Calla
     def run(op: Op) -> Any:
         return op.fn(conn, *op.args)
 
+    if not needs_flush(group):  # the commit need not wait for the WAL flush (see Op.flush)
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
     outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_retryable)
     if outcomes is None:
         raise _Rerun

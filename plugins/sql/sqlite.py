@@ -10,7 +10,9 @@ hop (~100 µs here) per call and a GIL hand-over per group, which measured slowe
 thread, so the loop keeps serving while the disk syncs (see `SqliteStorage._commit`).
 
 Durability: WAL with ``synchronous=FULL`` (the default) -- when a call returns, its transaction
-is in the WAL on disk and survives a power loss, not just a process crash. ``NORMAL`` (setting
+is in the WAL on disk and survives a power loss, not just a process crash. Claims are the
+exception (``flush=False``, see `grouping.Op`): a group of only claims commits at ``NORMAL``,
+as losing one only delivers its jobs again; the next flushed commit makes it durable too. ``NORMAL`` (setting
 ``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
 but the last commits may be lost if the machine loses power. Several processes may share one
 file; SQLite serializes their writers (``BEGIN IMMEDIATE``); while another process holds the
@@ -36,7 +38,7 @@ from sqlalchemy.pool import StaticPool
 from conveyor.errors import ConveyorError, StorageError
 
 from .base import Primitive, SqlStorage
-from .grouping import GroupQueue, Op, Outcome, run_group
+from .grouping import GroupQueue, Op, Outcome, needs_flush, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -129,10 +131,10 @@ class SqliteStorage(SqlStorage):
 
     # -- execution ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False) -> T:
+    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
         if self._conn is None or self._closing:
             raise StorageError(f"storage {self.url} is closed")
-        result, woken = await self._groups.call(fn, args, read_only)
+        result, woken = await self._groups.call(fn, args, read_only, flush)
         if woken:
             self.wakeups.wake(woken)
         return result
@@ -186,7 +188,10 @@ class SqliteStorage(SqlStorage):
         def run(op: Op) -> Any:
             return op.fn(conn, *op.args)
 
+        lazy = self.synchronous == "FULL" and not needs_flush(group)
         try:
+            if lazy:  # this commit may skip the fsync; the next flushed one covers it
+                raw.execute("PRAGMA synchronous = NORMAL")
             await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
                 outcomes = run_group(group, run, savepoint, _translate, isolated=False)
@@ -205,6 +210,9 @@ class SqliteStorage(SqlStorage):
             if len(group) > 1 and not isinstance(error, ConveyorError):
                 log.error("sqlite group commit failed: %s", exc)
             return [(False, error)] * len(group)
+        finally:
+            if lazy:
+                raw.execute(f"PRAGMA synchronous = {self.synchronous}")
         assert outcomes is not None
         return outcomes
 
@@ -214,7 +222,7 @@ class SqliteStorage(SqlStorage):
         +60% for 16 HTTP clients pushing batches). A lone caller commits on the loop, as the
         thread hop would only add to its wait. Shielded: the transaction must end before the
         connection is touched again, whatever happens to the flusher."""
-        if self._committer is None or len(group) == 1 or all(op.read_only for op in group):
+        if self._committer is None or len(group) == 1 or not needs_flush(group):
             raw.execute("COMMIT")
             return
         with anyio.CancelScope(shield=True):

@@ -94,3 +94,34 @@ async def test_a_shared_group_commits_on_the_committer_thread_and_is_on_disk(tmp
             other.close()
         assert stored == {job_id.hex for job_id in ids}
     assert not any(t.name.startswith("conveyor-sqlite-commit") for t in threading.enumerate())
+
+
+async def test_a_claim_commits_without_waiting_for_the_disk_and_a_push_waits(url: str) -> None:
+    """Claims (``flush=False``) commit without the flush: SQLite runs that transaction at
+    ``synchronous=NORMAL`` and PostgreSQL with ``synchronous_commit=off``; every other change,
+    and any group holding one, still waits for the disk, and the setting is restored after."""
+
+    def setting(conn: Any) -> tuple[str, set[str]]:
+        if conn.dialect.name == "postgresql":
+            return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()), set()
+        return str(conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]), set()
+
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        storage: Any = app.storage
+        lazy = "off" if url.startswith("postgresql") else "1"
+        flushed = "on" if url.startswith("postgresql") else "2"
+        assert await storage._run(setting, flush=False) == lazy
+        assert await storage._run(setting) == flushed
+        assert await storage._run(setting, flush=False) == lazy
+        outcomes: dict[str, str] = {}
+
+        async def call(name: str, flush: bool) -> None:
+            outcomes[name] = await storage._run(setting, flush=flush)
+
+        async with anyio.create_task_group() as tg:  # started in one tick: one group
+            tg.start_soon(call, "claim", False)
+            tg.start_soon(call, "push", True)
+        assert outcomes == {"claim": flushed, "push": flushed}  # the group waits for its push
+        await app.push("q", "a")
+        assert [job.name for job in await app.pull("q")] == ["a"]
+        assert await storage._run(setting) == flushed
