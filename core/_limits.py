@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import pydantic
+from pydantic_core import from_json
 
 from ._ids import uuid_from_int
 from .errors import LimitExceededError, ValidationError
@@ -31,6 +32,9 @@ MAX_PULL_COUNT = 1000
 MAX_LIST_LIMIT = 1000
 MAX_FLOW_JOBS = 100_000
 MAX_WORKER_ID_BYTES = 256
+MAX_JSON_DEPTH = 200
+"""Nesting levels in ``data``, ``result`` and ``metadata``: what the JSON parser and the
+serializer of every protocol handle (a job nested deeper could be stored but never sent)."""
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9._:\-]+")
 
@@ -52,7 +56,10 @@ def check_bytes(field: str, text: str, limit: int) -> None:
     cannot hold one, and both backends must accept the same input)."""
     if "\x00" in text:
         raise ValidationError(f"{field} must not contain NUL characters", field=field)
-    size = len(text.encode())
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \u escapes can carry
+        raise ValidationError(f"{field} is not valid Unicode text (it holds a lone surrogate)", field=field) from None
     if size > limit:
         raise LimitExceededError(
             f"{field} is {size} bytes; the limit is {limit} bytes",
@@ -62,13 +69,28 @@ def check_bytes(field: str, text: str, limit: int) -> None:
 
 
 def check_json_bytes(field: str, value: Any, limit: int) -> str:
-    """Serialize ``value`` once, check its size and return the text to store."""
+    """Serialize ``value`` once, check its size and nesting and return the text to store."""
     try:
         text = dumps(value)
+    except RecursionError:
+        raise _too_deep(field) from None
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from exc
     check_bytes(field, text, limit)
+    if len(text) > 2 * MAX_JSON_DEPTH:  # a shorter text cannot nest that deep
+        try:
+            from_json(text)  # stops at MAX_JSON_DEPTH levels, in Rust
+        except ValueError as exc:
+            if "recursion limit" in str(exc):
+                raise _too_deep(field) from None
+            raise
     return text
+
+
+def _too_deep(field: str) -> LimitExceededError:
+    return LimitExceededError(
+        f"{field} nests deeper than {MAX_JSON_DEPTH} levels", field=field, details={"limit": MAX_JSON_DEPTH}
+    )
 
 
 def check_queue_name(queue: Any, field: str = "queue") -> str:

@@ -61,7 +61,7 @@ def _settings(args: argparse.Namespace, **fixed: Any) -> Settings:
 
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        await serve(_settings(args))
+        await serve(_settings(args), gc_tuning=True)
         return 0
     if args.command == "worker":
         return await _cli_worker.run(args)

@@ -67,8 +67,9 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
     and `ValidationError` for an unknown or missing parameter, before anything runs."""
     command = COMMANDS.get(name) if isinstance(name, str) else None
     if command is None:
+        shown = str(name)[:64].encode("utf-8", "backslashreplace").decode()  # JSON may carry lone surrogates
         raise UnknownCommandError(
-            f"unknown command {str(name)[:64]!r}; known: {', '.join(sorted(COMMANDS))}", details={"cmd": str(name)[:64]}
+            f"unknown command {shown!r}; known: {', '.join(sorted(COMMANDS))}", details={"cmd": shown}
         )
     if not isinstance(params, dict):
         raise ValidationError(f"{name}: parameters must be a JSON object, got {type(params).__name__}")

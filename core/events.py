@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 DRAIN_ON_CLOSE_S = 5.0
-MERGE_EVENTS = 10_000
-"""A sink woken after a while takes up to this many waiting events in one hand-over."""
+MERGE_EVENTS = 1_000
+"""A batch-taking sink woken after a while takes up to about this many waiting events at once
+(a tenth of the default buffer: the rest stays free while it works)."""
 LOG_BATCH = 500
 LOG_POLL_S = 1.0
 """Followers of the shared log re-read at least this often, in case a wake-up was missed."""
@@ -63,13 +64,13 @@ class _Feed:
         self.name = name
         self.pending = 0
         self.closed = False
-        self._waiting: deque[list[Event]] = deque()
+        self._waiting: deque[Sequence[Event]] = deque()
         self._wakeup: asyncio.Future[None] | None = None
         """Resolved by `put` when the consumer sleeps: a busy consumer costs the producer
         nothing. A bare asyncio future (Conveyor runs on asyncio): an ``anyio.Event`` costs
         several µs per wake-up in backend detection, paid by every sink on every push."""
 
-    def put(self, events: list[Event]) -> None:
+    def put(self, events: Sequence[Event]) -> None:
         if self.closed:
             return
         self._waiting.append(events)
@@ -87,10 +88,10 @@ class _Feed:
                 self._wakeup.set_result(None)
             self._wakeup = None
 
-    async def batches(self, most: int = MERGE_EVENTS) -> AsyncIterator[list[Event]]:
-        """What is waiting, merged in order up to about ``most`` events per batch. Taking one
-        operation per wake-up would fall behind: on a loop busy with many producers a consumer
-        runs once per pass, while each pass may queue an operation per producer."""
+    async def batches(self, most: int = MERGE_EVENTS) -> AsyncIterator[Sequence[Event]]:
+        """Operations in order, whole, merged up to about ``most`` events per batch. It sleeps
+        only when nothing is waiting: a consumer that yielded to the loop between operations
+        would fall behind a loop busy with many producers (each pass may queue one per producer)."""
         waiting = self._waiting
         while True:
             if not waiting:
@@ -101,9 +102,10 @@ class _Feed:
                 continue
             batch = waiting.popleft()
             if waiting and len(batch) < most:
-                batch = list(batch)  # the first list is shared with the other feeds
-                while waiting and len(batch) < most:
-                    batch.extend(waiting.popleft())
+                merged = list(batch)  # ``batch`` is shared with the other feeds
+                while waiting and len(merged) < most:
+                    merged.extend(waiting.popleft())
+                batch = merged
             try:
                 yield batch
             finally:
@@ -178,18 +180,19 @@ class EventDispatcher:
 
         tg.start_soon(run, name=f"conveyor-events:{loop.__name__}")
 
-    def emit(self, events: list[Event]) -> None:
-        """Hand the events of one operation to every feed, never waiting."""
+    def emit(self, events: Sequence[Event]) -> None:
+        """Hand the events of one operation to every feed, never waiting (one tuple, shared)."""
+        shared = tuple(events)
         for feed in self._feeds:
-            self._offer(feed, events)
+            self._offer(feed, shared)
 
-    def _offer(self, feed: _Feed, events: list[Event]) -> None:
+    def _offer(self, feed: _Feed, events: Sequence[Event]) -> None:
         if feed.pending + len(events) > self.buffer:
             self._drop(feed.name, events)
             return
         feed.put(events)
 
-    def _drop(self, name: str, events: list[Event]) -> None:
+    def _drop(self, name: str, events: Sequence[Event]) -> None:
         self.dropped += len(events)
         if self.metrics is not None:
             self.metrics.inc("events_dropped_total", name, amount=len(events))
@@ -217,8 +220,11 @@ class EventDispatcher:
             drained.set()
 
     async def _deliver(self, feed: _Feed, sink: EventSink) -> None:
+        # Only a sink that takes batches gets operations merged: one handled event by event
+        # frees its buffer space operation by operation.
+        most = MERGE_EVENTS if getattr(sink, "handle_batch", None) is not None else 1
         with self._draining():
-            async for batch in feed.batches():
+            async for batch in feed.batches(most):
                 await _hand_over(feed.name, sink, batch)
 
     async def _publish(self, shared: EventLog, feed: _Feed) -> None:
@@ -294,7 +300,7 @@ class EventDispatcher:
             scope.cancel()
 
 
-async def _hand_over(name: str, sink: EventSink, events: list[Event]) -> None:
+async def _hand_over(name: str, sink: EventSink, events: Sequence[Event]) -> None:
     """One operation's events to ``sink``: in one call to its ``handle_batch`` when it has one
     (a batch of 1,000 acks is then one call, not 1,000), else to ``handle`` one by one."""
     if (handle_batch := getattr(sink, "handle_batch", None)) is not None:

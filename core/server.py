@@ -28,16 +28,21 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
-async def serve(settings: Settings, *, on_listening: Callable[[str, str], None] | None = None) -> None:
+async def serve(
+    settings: Settings, *, on_listening: Callable[[str, str], None] | None = None, gc_tuning: bool = False
+) -> None:
     """Open a `Conveyor` on ``settings`` and serve until a signal; ``on_listening(name,
-    address)`` is called once per listener (default: one log line each)."""
+    address)`` is called once per listener (default: one log line each). ``gc_tuning`` calls
+    `tune_gc` once the app is open: process-wide, so only a process of its own asks for it
+    (``conveyor serve`` does)."""
     announce = on_listening or (lambda name, address: log.info("%s listening on %s", name, address))
     async with Conveyor(settings=settings) as app:
         servers = app.protocol_servers()
         if not servers:
             raise PluginError("no protocol server to run: every protocol plugin is disabled or none is installed")
         log.info("storage %s", redact(settings.storage))
-        tune_gc()  # start-up is done: what is alive now stays
+        if gc_tuning:
+            tune_gc()  # start-up is done: what is alive now stays
         async with anyio.create_task_group() as tg:
             tg.start_soon(_stop_on_signal, app, servers, tg.cancel_scope)
             async with anyio.create_task_group() as serving:

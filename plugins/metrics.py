@@ -11,6 +11,7 @@ the ``webhooks`` plugin delivery outcomes, all through ``app.metrics``.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -49,7 +50,7 @@ class MetricsSink:
     async def handle(self, event: Event) -> None:
         await self.handle_batch([event])
 
-    async def handle_batch(self, events: list[Event]) -> None:
+    async def handle_batch(self, events: Sequence[Event]) -> None:
         """One increment per counter and queue: a batch of 1,000 acks is one ``inc(1000)``."""
         counts = Counter((COUNTED.get(event.event), event.queue) for event in events)
         for (metric, queue), amount in counts.items():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import anyio
@@ -67,7 +68,7 @@ class WebhookSink:
     async def handle(self, event: Event) -> None:
         await self.handle_batch([event])
 
-    async def handle_batch(self, events: list[Event]) -> None:
+    async def handle_batch(self, events: Sequence[Event]) -> None:
         for webhook in await self._registrations():
             for event in events:
                 if webhook.wants(event):
@@ -94,11 +95,17 @@ class WebhookSink:
         await self._finished.wait()
 
     async def _registrations(self) -> list[Webhook]:
-        now = time.monotonic()
-        if self._version != self.app.webhooks_version or now - self._loaded_at >= CACHE_S:
-            self._version = self.app.webhooks_version
-            self._cache = await self.app.webhooks()
-            self._loaded_at = now
+        """The registered webhooks, re-read after a change or every ``CACHE_S``. If the read
+        fails, the last list serves (and the next batch tries again): a database hiccup must
+        not cost a whole batch of deliveries."""
+        now, version = time.monotonic(), self.app.webhooks_version
+        if self._version != version or now - self._loaded_at >= CACHE_S:
+            try:
+                self._cache = await self.app.webhooks()
+            except Exception:  # noqa: BLE001 - logged; the cached list is used meanwhile
+                log.exception("could not read the webhook registrations; using the last ones read")
+                return self._cache
+            self._version, self._loaded_at = version, now
         return self._cache
 
     def _schedule(self, webhook: Webhook, event: Event) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ class EventHub:
         self.buffer = buffer
         self.subscribers: set[_Subscriber] = set()
 
-    async def handle_batch(self, events: list[Event]) -> None:
+    async def handle_batch(self, events: Sequence[Event]) -> None:
         if self.subscribers:
             for event in events:
                 await self.handle(event)

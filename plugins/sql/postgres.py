@@ -229,8 +229,8 @@ def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Calla
     def run(op: Op) -> Any:
         return op.fn(conn, *op.args)
 
-    if not needs_flush(group):  # the commit need not wait for the WAL flush (see Op.flush)
-        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    if not needs_flush(group) and not all(op.read_only for op in group):  # see Op.flush
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # no wait for the WAL flush
     outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_retryable)
     if outcomes is None:
         raise _Rerun

@@ -66,7 +66,14 @@ class _Lines:
 
 
 def _encode(reply: dict[str, Any]) -> bytes:
-    return wire.encode(reply) + b"\n"
+    """The reply's line; a reply that cannot be encoded (a bug, or text no encoding allows)
+    becomes an error reply, so the connection and the server carry on."""
+    try:
+        return wire.encode(reply) + b"\n"
+    except Exception as exc:  # noqa: BLE001 - reported to the client and logged
+        log.exception("could not encode a tcp reply")
+        error = ConveyorError(f"internal error: the reply could not be encoded ({type(exc).__name__})")
+        return wire.encode(_error(error)) + b"\n"
 
 
 def _error(exc: ConveyorError) -> dict[str, Any]:

@@ -149,6 +149,28 @@ def test_garbage_gets_errors_and_the_connection_stays_usable(conn: Line, queue: 
     assert ok(conn.call({"cmd": "stats", "queue": queue}))["counts"]["waiting"] == 0  # nothing stored, still usable
 
 
+def test_over_deep_data_and_unencodable_text_get_errors_and_the_server_carries_on(conn: Line, queue: str) -> None:
+    """Data nested past the limit is refused at push (it could be stored but never sent), and a
+    reply that cannot be encoded (a lone surrogate echoed back) becomes an error reply."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    refused = err(conn.call({"cmd": "push", "queue": queue, "name": "x", "data": deep}), "VALIDATION_ERROR")
+    assert refused["details"]["field"] == "data" and "200 levels" in refused["message"]
+    refused = err(conn.call({"cmd": "push", "queue": queue, "name": "x", "metadata": {"m": deep}}), "VALIDATION_ERROR")
+    assert refused["details"]["field"] == "options.metadata"
+    conn.send(b'{"cmd": "\\ud800"}\n')
+    assert err(conn.reply(), "UNKNOWN_COMMAND")["message"].startswith("unknown command")
+    limit: Any = 1
+    for _ in range(199):
+        limit = [limit]
+    job_id = ok(conn.call({"cmd": "push", "queue": queue, "name": "x", "data": limit}))["id"]
+    assert ok(conn.call({"cmd": "pull", "queue": queue}))["job"]["data"] == limit
+    ok(conn.call({"cmd": "ack", "id": job_id, "result": limit}))
+    assert ok(conn.call({"cmd": "get", "id": job_id}))["job"]["result"] == limit
+    assert ok(conn.call({"cmd": "stats", "queue": queue}))["counts"]["completed"] == 1
+
+
 def test_an_oversize_line_is_refused_unbuffered_then_closed(tcp_server: Served, queue: str) -> None:
     line = Line(tcp_server)
     try:

@@ -309,6 +309,19 @@ async def test_a_batch_of_plain_and_optioned_jobs_stores_each_exactly(app: Conve
         )
 
 
+async def test_text_holding_a_lone_surrogate_is_refused_by_field(app: Conveyor) -> None:
+    """JSON's \\u escapes can carry half a surrogate pair, which no database stores as text."""
+    for call, field in [
+        (lambda: app.push("q", "n", {"k": "\ud800"}), "data"),
+        (lambda: app.push("q", "n", metadata={"k": "\udfff"}), "options.metadata"),
+        (lambda: app.pull("q", worker_id="\ud800"), "worker_id"),
+    ]:
+        with pytest.raises(ValidationError, match="lone surrogate") as caught:
+            await call()
+        assert caught.value.field == field
+    assert (await app.stats("q")).waiting == 0
+
+
 async def test_push_batch_is_all_or_nothing(app: Conveyor) -> None:
     with pytest.raises(ValidationError, match=r"jobs\[2\]\.options\.priority"):
         await app.push_batch("q", [{"name": "a"}, {"name": "b"}, {"name": "c", "priority": "high"}])

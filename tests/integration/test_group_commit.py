@@ -125,3 +125,45 @@ async def test_a_claim_commits_without_waiting_for_the_disk_and_a_push_waits(url
         await app.push("q", "a")
         assert [job.name for job in await app.pull("q")] == ["a"]
         assert await storage._run(setting) == flushed
+
+
+async def test_a_plain_cancel_of_the_flusher_mid_commit_waits_and_reports_the_commit(tmp_path: Path) -> None:
+    """Loop teardown cancels leftover tasks with ``Task.cancel()``, which an anyio shield does
+    not stop. A flusher cancelled while its COMMIT runs on the committer thread waits for it
+    (nothing touches the connection meanwhile) and its callers get what was committed."""
+    import asyncio
+    import sqlite3
+    import threading
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    release = threading.Event()
+
+    class HeldCommit(ThreadPoolExecutor):
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            def run() -> Any:
+                result = fn(*args)
+                release.wait(30)  # the tail of a slow fsync
+                return result
+
+            return super().submit(run)
+
+    path = tmp_path / "cancel.db"
+    async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
+        storage: Any = app.storage
+        storage._committer.shutdown()
+        storage._committer = HeldCommit(1, thread_name_prefix="conveyor-sqlite-commit")
+        pushes = [asyncio.ensure_future(app.push("q", f"j{i}")) for i in range(3)]
+        while not storage._groups._flushers:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)  # the group is on the thread, held
+        threading.Timer(0.2, release.set).start()  # the loop itself will be blocked, waiting
+        for flusher in list(storage._groups._flushers):
+            flusher.cancel()
+        ids = await asyncio.gather(*pushes)
+        assert len(set(ids)) == 3
+        assert [job.name for job in await app.pull("q", 10)] == ["j0", "j1", "j2"]
+    stored = sqlite3.connect(path)
+    try:
+        assert sorted(row[0] for row in stored.execute("SELECT name FROM conveyor_jobs")) == ["j0", "j1", "j2"]
+    finally:
+        stored.close()

@@ -69,3 +69,44 @@ async def test_an_unknown_sink_scope_is_refused_when_the_app_opens() -> None:
             await app.open()
     finally:
         app.pm.unregister(plugin)
+
+
+class Gated:
+    """A sink that handles one event each time the test opens its gate."""
+
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = anyio.Event()
+        self.seen: list[Event] = []
+
+    async def handle(self, event: Event) -> None:
+        await self.gate.wait()
+        self.gate = anyio.Event()
+        self.seen.append(event)
+
+    async def release(self, until: int) -> None:
+        while len(self.seen) < until:
+            self.gate.set()
+            await anyio.sleep(0)
+
+
+async def test_a_slow_sink_frees_buffer_space_operation_by_operation() -> None:
+    """Operations waiting for a sink that handles events one by one are not merged: each one
+    handled frees its room at once, so a full buffer takes a new event as soon as one is done."""
+    from conveyor.events import EventDispatcher
+
+    sink = Gated()
+    dispatcher = EventDispatcher([sink], buffer=4)
+    async with anyio.create_task_group() as tg:
+        dispatcher.start(tg)
+        for _ in range(4):
+            dispatcher.emit([event()])
+        dispatcher.emit([event()])  # the buffer is full: dropped
+        assert dispatcher.dropped == 1
+        await sink.release(until=1)
+        dispatcher.emit([event()])  # one operation handled: room for one more
+        assert dispatcher.dropped == 1
+        await sink.release(until=5)
+        await dispatcher.close()
+    assert len(sink.seen) == 5

@@ -155,10 +155,16 @@ def test_a_bare_job_body_parses_as_validation_would(body: dict[str, object]) -> 
     from conveyor._limits import parse
     from conveyor.models import JobSpec
 
-    assert JobSpec.parse(body).model_dump() == parse(JobSpec, body).model_dump()
+    fast, validated = JobSpec.parse(body), parse(JobSpec, body)
+    assert fast.model_dump() == validated.model_dump()
+    assert fast.model_fields_set == validated.model_fields_set  # clients send only what was given
+    assert fast.options.model_fields_set == validated.options.model_fields_set == set()
+    assert fast.options.tags is not JobSpec.parse(body).options.tags  # no list shared between specs
 
 
-@pytest.mark.parametrize("body", [{"name": ""}, {"name": 3}, {"queue": 5, "name": "j"}, {"data": 1}])
+@pytest.mark.parametrize(
+    "body", [{"name": ""}, {"name": 3}, {"queue": 5, "name": "j"}, {"data": 1}, {"name": "\ud800"}]
+)
 def test_a_bad_bare_job_body_is_refused_by_field(body: dict[str, object]) -> None:
     from conveyor.errors import ValidationError
     from conveyor.models import JobSpec
