@@ -301,8 +301,8 @@ class EventDispatcher:
 
 
 async def _hand_over(name: str, sink: EventSink, events: Sequence[Event]) -> None:
-    """One operation's events to ``sink``: in one call to its ``handle_batch`` when it has one
-    (a batch of 1,000 acks is then one call, not 1,000), else to ``handle`` one by one."""
+    """Events to ``sink``, in order: in one call to its ``handle_batch`` when it has one (a
+    batch of 1,000 acks is then one call, not 1,000), else to ``handle`` one by one."""
     if (handle_batch := getattr(sink, "handle_batch", None)) is not None:
         try:
             await handle_batch(events)

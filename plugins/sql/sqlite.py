@@ -12,8 +12,8 @@ thread, so the loop keeps serving while the disk syncs (see `SqliteStorage._comm
 Durability: WAL with ``synchronous=FULL`` (the default) -- when a call returns, its transaction
 is in the WAL on disk and survives a power loss, not just a process crash. Claims are the
 exception (``flush=False``, see `grouping.Op`): a group of only claims commits at ``NORMAL``,
-as losing one only delivers its jobs again; the next flushed commit makes it durable too. ``NORMAL`` (setting
-``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
+as losing one only delivers its jobs again; the next flushed commit makes it durable too.
+``NORMAL`` (setting ``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
 but the last commits may be lost if the machine loses power. Several processes may share one
 file; SQLite serializes their writers (``BEGIN IMMEDIATE``); while another process holds the
 write lock, the flusher waits asynchronously, so this process's loop keeps running.
@@ -223,8 +223,9 @@ class SqliteStorage(SqlStorage):
         fsync runs, the loop parses their next requests and answers finished ones (measured:
         +60% for 16 HTTP clients pushing batches). A lone caller commits on the loop, as the
         thread hop would only add to its wait. The transaction must end before the connection is
-        touched again, whatever happens to the flusher: shielded from anyio cancellation, and a
-        plain task cancel waits for the COMMIT before it propagates."""
+        touched again, whatever happens to the flusher: the wait is shielded from anyio
+        cancellation, and a plain task cancel (which passes the shield) waits for the COMMIT,
+        lets the callers hear its outcome, then takes effect at the flusher's next await."""
         if self._committer is None or len(group) == 1 or not needs_flush(group):
             raw.execute("COMMIT")
             return
