@@ -273,6 +273,8 @@ class EventDispatcher:
                 await _hand_over(name, sink, events)
             if len(batch) < LOG_BATCH:
                 await shared.wait(LOG_POLL_S)
+                while getattr(sink, "idle", False):  # it would do nothing: claim later, in bulk
+                    await shared.wait(LOG_POLL_S)
 
     async def close(self) -> None:
         """Stop accepting events; sinks get up to ``DRAIN_ON_CLOSE_S`` to finish their buffer

@@ -24,7 +24,8 @@ class EventSink(Protocol):
     - ``"node"`` (default): the events of changes made through this process (metrics, logs);
     - ``"cluster"``: every node's events, each once per instance (live feeds: WebSocket);
     - ``"once"``: every node's events, each delivered to exactly one node's instance of the
-      sink with this name (side effects that must not repeat: webhooks).
+      sink with this name (side effects that must not repeat: webhooks). Such a sink may have
+      an ``idle`` property: while true, its events are claimed in bulk, not on every append.
     """
 
     async def handle(self, event: Event) -> None: ...

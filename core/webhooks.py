@@ -68,7 +68,13 @@ class Webhook(BaseModel):
         }
 
     def wants(self, event: Event) -> bool:
-        return (not self.events or event.event in self.events) and (not self.queues or event.queue in self.queues)
+        """Whether this webhook is sent ``event``: one raised since it was registered, of the
+        kinds and queues it asked for."""
+        return (
+            event.timestamp >= self.created_at
+            and (not self.events or event.event in self.events)
+            and (not self.queues or event.queue in self.queues)
+        )
 
 
 def build_webhook(spec: WebhookSpec | dict[str, Any], now_ms: int, allowed_hosts: list[str]) -> Webhook:

@@ -65,6 +65,16 @@ class WebhookSink:
         self._version = -1
         self._last_warning = float("-inf")
 
+    @property
+    def idle(self) -> bool:
+        """No webhook is registered (as read less than ``CACHE_S`` ago): on a shared database
+        the dispatcher then claims this sink's events in bulk, not on every append."""
+        return (
+            not self._cache
+            and self._version == self.app.webhooks_version
+            and (time.monotonic() - self._loaded_at < CACHE_S)
+        )
+
     async def handle(self, event: Event) -> None:
         await self.handle_batch([event])
 

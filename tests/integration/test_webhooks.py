@@ -318,3 +318,46 @@ async def caught_up(pg_url: str) -> None:
             if row[0] is not None and row[1] == row[0]:
                 return
             await anyio.sleep(0.05)
+
+
+@pytest.mark.postgres
+async def test_with_no_webhook_the_shared_log_is_claimed_in_bulk_and_old_events_are_not_sent(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no webhook is registered, appends do not each cost a claim: the sink says it is
+    idle and its events are claimed later, together. A webhook registered afterwards is sent
+    only events raised since: those claimed together with them from before are left out."""
+    from conveyor.plugins import webhooks
+
+    monkeypatch.setattr(webhooks, "CACHE_S", 3600.0)  # the empty list read first stays fresh
+    with receiving() as receiver:
+        async with node(pg_schema, disable_plugins=["http", "metrics"]) as app:
+            log = app.storage.event_log
+            assert log is not None
+            claims = 0
+            claim = log.claim
+
+            async def counting(consumer: str, limit: int) -> Any:
+                nonlocal claims
+                claims += 1
+                return await claim(consumer, limit)
+
+            monkeypatch.setattr(log, "claim", counting)
+            await app.push("q", "first")
+            with anyio.fail_after(30):
+                while not sink_of(app).idle:  # the first events were claimed, the list read
+                    await anyio.sleep(0.01)
+            before = claims
+            old = [await app.push("q", f"old-{i}") for i in range(30)]
+            with anyio.fail_after(30):
+                while await log.last_seq() < 31:
+                    await anyio.sleep(0.01)
+            assert claims == before  # thirty appends, no claim
+            await app.add_webhook({"url": receiver.url, "events": ["job.pushed"]})
+            new = await app.push("q", "new")
+            [got] = await receiver.wait(lambda r: len(r) >= 1)
+            await caught_up(pg_schema)
+            await settled(app)
+    assert got.json["data"]["job_id"] == str(new)
+    assert {r.json["data"]["job_id"] for r in receiver.received} == {str(new)}
+    assert len(old) == 30
