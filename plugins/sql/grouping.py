@@ -41,6 +41,12 @@ def needs_flush(group: list[Op]) -> bool:
     return any(op.flush and not op.read_only for op in group)
 
 
+def commits_lazily(group: list[Op]) -> bool:
+    """Whether the group writes, but only changes that need no flush (claims): its commit may
+    return before the disk has it."""
+    return not needs_flush(group) and not all(op.read_only for op in group)
+
+
 class GroupQueue:
     """Queues calls and hands them to ``commit`` in groups, with up to ``flushers`` groups in
     flight (1 for SQLite's single writer; more for PostgreSQL, whose transactions run side by

@@ -28,7 +28,7 @@ from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .event_log import EVENTS_KEY, PostgresEventLog
-from .grouping import GroupQueue, Op, Outcome, needs_flush, run_group
+from .grouping import GroupQueue, Op, Outcome, commits_lazily, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -229,7 +229,7 @@ def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Calla
     def run(op: Op) -> Any:
         return op.fn(conn, *op.args)
 
-    if not needs_flush(group) and not all(op.read_only for op in group):  # see Op.flush
+    if commits_lazily(group):
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # no wait for the WAL flush
     outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_retryable)
     if outcomes is None:

@@ -102,12 +102,10 @@ def insert_jobs(
 
 @lru_cache(maxsize=256)
 def _insert_sql(d: Dialect, filled: tuple[int, ...]) -> tuple[str, Callable[[Sequence[Any]], tuple[Any, ...]]]:
-    """The insert of these columns (by index in `COLUMNS`), and what picks them from a row."""
+    """The insert of these columns (by index in `COLUMNS`), and what picks them from a row
+    (a tuple: every row fills the several NOT NULL columns)."""
     names = ", ".join(COLUMNS[i] for i in filled)
-    pick = itemgetter(*filled)
-    return d.sql(f"INSERT INTO {TABLE} ({names}) VALUES ({d.placeholders(len(filled))})"), (
-        pick if len(filled) > 1 else lambda row: (pick(row),)
-    )
+    return d.sql(f"INSERT INTO {TABLE} ({names}) VALUES ({d.placeholders(len(filled))})"), itemgetter(*filled)
 
 
 def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -> dict[UUID, int]:

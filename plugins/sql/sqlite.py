@@ -39,7 +39,7 @@ from sqlalchemy.pool import StaticPool
 from conveyor.errors import ConveyorError, StorageError
 
 from .base import Primitive, SqlStorage
-from .grouping import GroupQueue, Op, Outcome, needs_flush, run_group
+from .grouping import GroupQueue, Op, Outcome, commits_lazily, needs_flush, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -189,12 +189,11 @@ class SqliteStorage(SqlStorage):
         def run(op: Op) -> Any:
             return op.fn(conn, *op.args)
 
-        writes = not all(op.read_only for op in group)
-        lazy = writes and self.synchronous == "FULL" and not needs_flush(group)
+        lazy = self.synchronous == "FULL" and commits_lazily(group)
         try:
             if lazy:  # this commit may skip the fsync; the next flushed one covers it
                 raw.execute("PRAGMA synchronous = NORMAL")
-            await self._begin(raw, read_only=not writes)
+            await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
                 outcomes = run_group(group, run, savepoint, _translate, isolated=False)
                 if outcomes is None:  # an op failed: undo the group, rerun each op in a savepoint

@@ -217,3 +217,21 @@ def test_job_ids_parse_exactly_as_uuid_does(text: str) -> None:
     else:
         parsed = check_job_id(text)
         assert (parsed, str(parsed), hash(parsed)) == (expected, str(expected), hash(expected))
+
+
+@pytest.mark.parametrize("depth", [201, 5000])
+def test_json_nested_past_the_limit_is_refused_by_field(depth: int) -> None:
+    """201 levels is caught by the parser's limit; 5,000 already by the serializer's recursion."""
+    from conveyor._limits import MAX_JSON_DEPTH, check_json_bytes
+    from conveyor.errors import LimitExceededError
+
+    value: object = 1
+    for _ in range(depth):
+        value = {"k": value}
+    with pytest.raises(LimitExceededError, match=f"deeper than {MAX_JSON_DEPTH} levels") as caught:
+        check_json_bytes("result", value, 1 << 20)
+    assert caught.value.field == "result"
+    nested: object = 1
+    for _ in range(MAX_JSON_DEPTH):
+        nested = [nested]
+    assert check_json_bytes("result", nested, 1 << 20).startswith("[[")
