@@ -42,13 +42,26 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encode_text = json.encoder.encode_basestring
+# ``JSONEncoder.encode`` builds a new C encoder on every call, which costs more than encoding a
+# small payload; this one is built once. It keeps no markers for cycles: a cyclic value
+# recurses until RecursionError, which the checks below report as nested too deeply.
+_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_encode = (
+    None
+    if _c_encoder is None
+    else _c_encoder(None, _ENCODER.default, _encode_text, None, ":", ",", False, False, False)
+)
 
 
 def dumps(value: Any) -> str:
     """Compact JSON, the one serialization used for stored payloads. NaN and Infinity are
-    refused: they are not JSON and would come back as something else. (``json.dumps`` with
-    these options builds an encoder per call, which costs as much as encoding a small job.)"""
-    return _ENCODER.encode(value)
+    refused: they are not JSON and would come back as something else."""
+    if type(value) is str:
+        return _encode_text(value)
+    if _encode is None:  # a Python without the json C accelerator
+        return _ENCODER.encode(value)
+    return "".join(_encode(value, 0))
 
 
 def check_bytes(field: str, text: str, limit: int) -> None:

@@ -20,7 +20,7 @@ from ._plugins import make_plugin_manager
 from .config import Settings
 from .engines import load_engines
 from .errors import PluginError, ValidationError, WebhookNotFoundError
-from .events import EventDispatcher, cascade_events, failure_events, job_event, spawn_events
+from .events import EventDispatcher, cascade_events, failure_events, job_event, pushed_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
 from .jobs import JobBuilder, prefixed
 from .lifecycle import ms_to_dt
@@ -486,9 +486,7 @@ class Conveyor(TaskHost):
 
     def _emit_pushed(self, jobs: list[Job]) -> None:
         if self.events.active:
-            self.events.emit(
-                [Event(event="job.pushed", job_id=j.id, queue=j.queue, timestamp=j.created_at) for j in jobs]
-            )
+            self.events.emit([pushed_event(job) for job in jobs])
 
 
 def _webhook_id(value: Any) -> UUID:

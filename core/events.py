@@ -28,7 +28,7 @@ from . import lifecycle
 from .errors import PluginError
 from .interfaces import EVENT_SCOPES, EventSink
 from .lifecycle import ms_to_dt
-from .models import Event, JobState, trusted
+from .models import Event, Job, JobState, trusted
 from .storage import EventLog, Modified
 
 if TYPE_CHECKING:
@@ -336,14 +336,14 @@ def job_event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | Non
     )
 
 
+def pushed_event(job: Job) -> Event:
+    return trusted(
+        Event, {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}}
+    )
+
+
 def spawn_events(done: Modified) -> list[Event]:
-    return [
-        trusted(
-            Event,
-            {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}},
-        )
-        for job in done.spawned
-    ]
+    return [pushed_event(job) for job in done.spawned]
 
 
 def cascade_events(done: Modified, now_ms: int) -> list[Event]:

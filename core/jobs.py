@@ -15,7 +15,7 @@ from . import dag
 from ._ids import uuid7
 from .errors import ValidationError
 from .lifecycle import ms_to_dt
-from .models import FlowSpec, FlowSubmitted, Job, JobSpec, JobState, gather_flat_options
+from .models import DEFAULT_OPTION_VALUES, FlowSpec, FlowSubmitted, Job, JobSpec, JobState, gather_flat_options
 from .storage import FollowUps, ResolveParents
 
 
@@ -106,6 +106,11 @@ class JobBuilder:
         o = spec.options
         limits.check_bytes("name", spec.name, limits.MAX_JOB_NAME_BYTES)
         data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
+        if o.__dict__ == DEFAULT_OPTION_VALUES:  # the common job: nothing else to check
+            now = ms_to_dt(now_ms)
+            values = {**_BARE_JOB, "id": uuid7(), "name": spec.name, "queue": queue, "data": spec.data}
+            values.update(created_at=now, updated_at=now, logs=[], tags=[], depends_on=[])
+            return Job.trusted(values), data_text
         if o.metadata is not None:
             limits.check_json_bytes("options.metadata", o.metadata, limits.MAX_METADATA_BYTES)
             self._check_follow_ups(o.metadata, now_ms)
@@ -118,19 +123,30 @@ class JobBuilder:
         for name in ("group_id", "flow_id"):
             if (value := getattr(o, name)) is not None:
                 limits.check_bytes(f"options.{name}", value, limits.MAX_QUEUE_NAME_BYTES)
-        now = ms_to_dt(now_ms)
-        delayed = o.delay_ms > 0
-        job = Job.trusted(dict(
-            id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
-            state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
-            delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
-            started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
-            backoff_delay_ms=o.backoff_delay_ms, last_error=None, ttl_ms=o.ttl_ms, timeout_ms=o.timeout_ms,
-            unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata, depends_on=list(dict.fromkeys(o.depends_on)),
-            flow_id=o.flow_id, lifo=o.lifo, remove_on_complete=o.remove_on_complete,
-            remove_on_fail=o.remove_on_fail, worker_id=None, last_heartbeat=None,
-        ))  # fmt: skip
-        return job, data_text
+        return Job.trusted(_job_values(queue, spec, now_ms)), data_text
+
+
+def _job_values(queue: str, spec: JobSpec, now_ms: int) -> dict[str, Any]:
+    """Every field of the new job ``spec`` describes."""
+    o = spec.options
+    now = ms_to_dt(now_ms)
+    delayed = o.delay_ms > 0
+    return dict(
+        id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
+        state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
+        delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
+        started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
+        backoff_delay_ms=o.backoff_delay_ms, last_error=None, ttl_ms=o.ttl_ms, timeout_ms=o.timeout_ms,
+        unique_key=o.unique_key, tags=list(o.tags), group_id=o.group_id, metadata=o.metadata,
+        depends_on=list(dict.fromkeys(o.depends_on)), flow_id=o.flow_id, lifo=o.lifo,
+        remove_on_complete=o.remove_on_complete, remove_on_fail=o.remove_on_fail, worker_id=None,
+        last_heartbeat=None,
+    )  # fmt: skip
+
+
+_BARE_JOB = _job_values("", JobSpec(name="-"), 0)
+"""A job with every option at its default; `JobBuilder.build` fills in the rest (~3x cheaper
+than reading each option back from the spec)."""
 
 
 def prefixed(exc: ValidationError, where: str) -> ValidationError:

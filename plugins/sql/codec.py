@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 from conveyor._limits import dumps
-from conveyor.lifecycle import dt_to_ms
+from conveyor.lifecycle import dt_to_ms, ms_to_dt
 from conveyor.models import Backoff, Job, JobState, LogEntry
 
 from .dialect import COLUMNS, Dialect
@@ -76,15 +76,23 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
     j = job.__dict__
     created = _ms(j["created_at"])
     assert created is not None
+    updated = created if j["updated_at"] is j["created_at"] else _ms(j["updated_at"])
     data = data_text if data_text is not None else (None if j["data"] is None else dumps(j["data"]))
-    ttl = j["ttl_ms"]
+    ttl, delay_until, started_at, completed_at, heartbeat = (
+        j["ttl_ms"],
+        j["delay_until"],
+        j["started_at"],
+        j["completed_at"],
+        j["last_heartbeat"],
+    )
     return (
         dialect.encode_id(j["id"]), j["custom_id"], j["name"], j["queue"],
         None if data == "null" else data,
         None if j["result"] is None else dumps(j["result"]),
-        j["state"].value, j["progress"], encode_logs(j["logs"]), j["priority"],
+        j["state"].value, j["progress"], encode_logs(j["logs"]) if j["logs"] else None, j["priority"],
         -created if j["lifo"] else created,
-        _ms(j["delay_until"]), created, _ms(j["updated_at"]), _ms(j["started_at"]), _ms(j["completed_at"]),
+        None if delay_until is None else _ms(delay_until), created, updated,
+        None if started_at is None else _ms(started_at), None if completed_at is None else _ms(completed_at),
         j["max_attempts"], j["attempt"], j["backoff"].value, j["backoff_delay_ms"], j["last_error"],
         ttl, j["timeout_ms"], j["unique_key"],
         dumps(j["tags"]) if j["tags"] else None,
@@ -92,7 +100,7 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
         None if j["metadata"] is None else dumps(j["metadata"]),
         dumps([str(v) for v in j["depends_on"]]) if j["depends_on"] else None,
         j["flow_id"], j["lifo"], j["remove_on_complete"], j["remove_on_fail"], j["worker_id"],
-        _ms(j["last_heartbeat"]),
+        None if heartbeat is None else _ms(heartbeat),
         None,
         created + ttl if ttl else None,
     )  # fmt: skip
@@ -107,7 +115,7 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
         unique_key, tags, group_id, metadata, depends_on, flow_id, lifo,
         remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
     ) = row  # fmt: skip
-    updated = _from_ts(updated_at / 1000, tz=_UTC)
+    updated = ms_to_dt(updated_at)  # cached: the jobs of one claim or batch share their times
     return Job.trusted(
         {
             "id": dialect.decode_id(id_),
@@ -121,7 +129,7 @@ def decode_job(row: Sequence[Any], dialect: Dialect) -> Job:
             "logs": _decode_logs(logs) if logs else [],
             "priority": priority,
             "delay_until": None if delay_until is None else _from_ts(delay_until / 1000, tz=_UTC),
-            "created_at": _from_ts(created_at / 1000, tz=_UTC),
+            "created_at": ms_to_dt(created_at),
             "updated_at": updated,
             "started_at": _same_or_dt(started_at, updated_at, updated),
             "completed_at": None if completed_at is None else _from_ts(completed_at / 1000, tz=_UTC),

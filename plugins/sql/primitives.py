@@ -25,7 +25,7 @@ from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
 from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
-from .codec import decode_job, encode_job, encode_values
+from .codec import decode_job, encode_job, encode_value, encode_values
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
 from .tables import (
     ACTIVE_SQL,
@@ -42,6 +42,7 @@ from .tables import (
 
 Woken = set[str]
 DEPS = deps.name
+_NONE: dict[str, Any] = {}
 CHUNK = 500
 
 
@@ -261,8 +262,9 @@ def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id:
 _PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")
 
 
-def _claim_order(row: Sequence[Any]) -> tuple[int, int, str]:
-    return (-row[_PRIORITY], row[_ORDER_KEY], str(row[0]))
+def _claim_order(row: Sequence[Any]) -> tuple[int, int, Any]:
+    # ids compare as the index orders them: hex text on SQLite, UUIDs (by value) on PostgreSQL
+    return (-row[_PRIORITY], row[_ORDER_KEY], row[0])
 
 
 def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -> Iterator[Sequence[Any]]:
@@ -348,8 +350,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
         for key, job_id in chunk:
             params.append(key)
             if extra:
-                own = encode_values(t.per_id.get(job_id, {}))
-                params += [own.get(c) for c in extra]
+                own = t.per_id.get(job_id, _NONE)
+                params += [encode_value(c, own.get(c)) for c in extra]
         sql = _transition_sql(d, len(chunk), extra, tuple(common), len(states), t.worker_id is not None, t.delete_if)
         # placeholder order: WITH rows, SET, states, owner
         cur.execute(sql, [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -162,6 +163,21 @@ def test_a_bare_job_body_parses_as_validation_would(body: dict[str, object]) -> 
     assert fast.options.tags is not JobSpec.parse(body).options.tags  # no list shared between specs
 
 
+@pytest.mark.parametrize("body", [{"name": "j"}, {"name": "j", "data": [1]}, {"name": "j", "priority": 0}])
+def test_a_job_with_default_options_is_built_as_the_full_path_builds_it(body: dict[str, object]) -> None:
+    from conveyor.jobs import JobBuilder, _job_values
+    from conveyor.models import Job, JobSpec
+
+    spec = JobSpec.parse(body)
+    fast, _ = JobBuilder(max_dag_depth=8).build("q", spec, 1_800_000_000_123)
+    full = Job.trusted({**_job_values("q", spec, 1_800_000_000_123), "id": fast.id})
+    assert fast.__dict__ == full.__dict__ and list(fast.__dict__) == list(full.__dict__)
+    assert fast.model_fields_set == full.model_fields_set
+    again, _ = JobBuilder(max_dag_depth=8).build("q", spec, 1_800_000_000_123)
+    assert again.id != fast.id
+    assert all(again.__dict__[k] is not fast.__dict__[k] for k in ("logs", "tags", "depends_on"))  # own lists
+
+
 @pytest.mark.parametrize(
     "body", [{"name": ""}, {"name": 3}, {"queue": 5, "name": "j"}, {"data": 1}, {"name": "\ud800"}]
 )
@@ -235,3 +251,29 @@ def test_json_nested_past_the_limit_is_refused_by_field(depth: int) -> None:
     for _ in range(MAX_JSON_DEPTH):
         nested = [nested]
     assert check_json_bytes("result", nested, 1 << 20).startswith("[[")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [7, -1, 2**70, 1.5, 1e-7, 0.1, None, True, False, "é\u2028\"", [], {}, [1, [2, {"b": None}]],
+     {"a": [1, "é", None, 1.5], "z": {"n": -0.0}}, {1: "int key"}, ("a", 1)],
+)  # fmt: skip
+def test_stored_json_is_what_json_dumps_makes(value: object) -> None:
+    from conveyor._limits import dumps
+
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_stored_json_refuses_what_is_not_json() -> None:
+    from conveyor._limits import check_json_bytes
+    from conveyor.errors import ValidationError
+
+    for bad in (float("nan"), {"a": [float("inf")]}, {"a": object()}):
+        with pytest.raises(ValidationError) as caught:
+            check_json_bytes("data", bad, 1 << 20)
+        assert caught.value.field == "data" and "not JSON-serializable" in caught.value.message
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    with pytest.raises(ValidationError, match="deeper than") as caught:
+        check_json_bytes("data", cyclic, 1 << 20)
+    assert caught.value.field == "data"
