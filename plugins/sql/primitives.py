@@ -31,7 +31,7 @@ from .tables import (
     ACTIVE_SQL,
     DEADLINE_SQL,
     EXPIRES_SQL,
-    PENDING_STATES_SQL,
+    PENDING_SQL,
     SCHEMA_VERSION,
     deps,
     jobs,
@@ -220,7 +220,7 @@ def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
     for queue, keys in by_queue.items():
         cur.execute(
             d.sql(
-                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND state IN {PENDING_STATES_SQL} "
+                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND unique_key IS NOT NULL AND {PENDING_SQL} "
                 f"AND unique_key IN ({d.placeholders(len(keys))}) LIMIT 1"
             ),
             (queue, *keys),
@@ -553,15 +553,23 @@ def ensure_schema(conn: Connection) -> None:
             f"database schema version {found} is newer than this Conveyor's ({SCHEMA_VERSION}); upgrade Conveyor"
         )
     elif int(found) < SCHEMA_VERSION:
-        if int(found) < 3:
-            _narrow_sweep_indexes(conn)
+        _rebuild_indexes(conn, int(found))
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
 
-def _narrow_sweep_indexes(conn: Connection) -> None:
-    """Version 3: rebuild the timeout and TTL indexes with their narrower predicates (tables
-    added since version 1 were created by ``create_all`` above)."""
+_CHANGED_INDEXES_SINCE: dict[int, tuple[str, ...]] = {
+    3: ("ix_conveyor_jobs_deadline", "ix_conveyor_jobs_expires"),  # narrower sweep predicates
+    4: ("ix_conveyor_jobs_expires", "ux_conveyor_jobs_unique_key"),  # predicates without IN lists
+}
+"""Schema version -> the indexes it redefined (tables added since version 1 are created by
+``create_all``)."""
+
+
+def _rebuild_indexes(conn: Connection, found: int) -> None:
+    """Recreate the indexes redefined by every version after ``found``, as `tables` defines
+    them now. Each covers the same rows as before, so a unique index cannot fail to build."""
+    names = {name for version, names in _CHANGED_INDEXES_SINCE.items() if version > found for name in names}
     for index in jobs.indexes:
-        if index.name in ("ix_conveyor_jobs_deadline", "ix_conveyor_jobs_expires"):
+        if index.name in names:
             conn.execute(text(f"DROP INDEX IF EXISTS {index.name}"))
             index.create(conn)

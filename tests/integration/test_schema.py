@@ -8,13 +8,25 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conveyor import Conveyor, StorageError
+from conveyor import Conveyor, DuplicateKeyError, StorageError
 from tests.conftest import PG_URL
 
 pytestmark = pytest.mark.anyio
 OLD_INDEXES = {  # version 2: every active / not-started job was in the sweep indexes
     "ix_conveyor_jobs_deadline": "(deadline_at) WHERE state = 'active'",
     "ix_conveyor_jobs_expires": "(expires_at) WHERE state IN ('waiting', 'delayed', 'blocked')",
+}
+
+
+VERSION_3_INDEXES = {  # predicates with IN lists: SQLite built a temporary table per row written
+    "ux_conveyor_jobs_unique_key": (
+        "UNIQUE INDEX",
+        "(queue, unique_key) WHERE unique_key IS NOT NULL AND state IN ('waiting', 'delayed', 'blocked', 'active')",
+    ),
+    "ix_conveyor_jobs_expires": (
+        "INDEX",
+        "(expires_at) WHERE state IN ('waiting', 'delayed', 'blocked') AND expires_at IS NOT NULL",
+    ),
 }
 
 
@@ -40,9 +52,75 @@ async def test_a_version_2_sqlite_database_gets_the_narrow_sweep_indexes(tmp_pat
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone()[0]
         indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'ix_conveyor_jobs_%'"))
-    assert version == "3"
+    assert version == "4"
     assert "deadline_at IS NOT NULL" in indexes["ix_conveyor_jobs_deadline"]
     assert "expires_at IS NOT NULL" in indexes["ix_conveyor_jobs_expires"]
+
+
+@pytest.mark.postgres
+async def test_a_version_3_postgresql_schema_gets_predicates_without_in_lists(pg_schema: str) -> None:
+    async with Conveyor(pg_schema, maintenance=False, plugin_autoload=False) as app:
+        await app.push("q", "held", unique_key="k")
+    schema = pg_schema.rsplit("schema=", 1)[1]
+    with psycopg.connect(PG_URL, autocommit=True) as db:
+        for name, (kind, definition) in VERSION_3_INDEXES.items():
+            db.execute(f'DROP INDEX "{schema}".{name}')
+            db.execute(f'CREATE {kind} {name} ON "{schema}".conveyor_jobs {definition}')
+        db.execute(f"UPDATE \"{schema}\".conveyor_meta SET value = '3' WHERE key = 'schema_version'")
+    async with Conveyor(pg_schema, maintenance=False, plugin_autoload=False) as app:
+        with pytest.raises(DuplicateKeyError):
+            await app.push("q", "again", unique_key="k")
+    with psycopg.connect(PG_URL, autocommit=True) as db:
+        rows = db.execute("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s", (schema,)).fetchall()
+        version = db.execute(f"SELECT value FROM \"{schema}\".conveyor_meta WHERE key = 'schema_version'").fetchone()
+    indexes = dict(rows)
+    assert version == ("4",)
+    for name in VERSION_3_INDEXES:  # PostgreSQL shows an OR chain as-is and an IN list as ANY
+        assert "ANY" not in indexes[name] and " IN " not in indexes[name], indexes[name]
+
+
+def test_no_partial_index_predicate_uses_an_in_list() -> None:
+    from conveyor.plugins.sql.tables import jobs
+
+    for index in jobs.indexes:
+        for dialect in ("sqlite", "postgresql"):
+            where = index.dialect_options[dialect]._non_defaults.get("where")
+            assert where is None or " IN " not in str(where).upper(), (index.name, dialect)
+
+
+async def test_a_version_3_sqlite_database_gets_predicates_without_in_lists(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    url = f"sqlite:///{path}"
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        held = await app.push("q", "held", unique_key="k", ttl_ms=60_000)
+    with sqlite3.connect(path) as db:
+        for name, (kind, definition) in VERSION_3_INDEXES.items():
+            db.execute(f"DROP INDEX {name}")
+            db.execute(f"CREATE {kind} {name} ON conveyor_jobs {definition}")
+        db.execute("UPDATE conveyor_meta SET value = '3' WHERE key = 'schema_version'")
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        with pytest.raises(DuplicateKeyError):  # the rebuilt unique index still holds the key
+            await app.push("q", "again", unique_key="k")
+        [job] = await app.pull("q")
+        assert job.id == held and job.ttl_ms == 60_000
+    with sqlite3.connect(path) as db:
+        version = db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone()[0]
+        indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+        # the sweep and the unique-key check still find their partial indexes
+        from conveyor.plugins.sql.tables import EXPIRES_SQL, PENDING_SQL
+
+        expired = db.execute(
+            f"EXPLAIN QUERY PLAN SELECT id FROM conveyor_jobs WHERE {EXPIRES_SQL} AND expires_at <= 1 LIMIT 5"
+        ).fetchall()
+        keyed = db.execute(
+            "EXPLAIN QUERY PLAN SELECT unique_key, id FROM conveyor_jobs WHERE queue = 'q' "
+            f"AND unique_key IS NOT NULL AND {PENDING_SQL} AND unique_key IN ('k') LIMIT 1"
+        ).fetchall()
+    assert version == "4"
+    for name in VERSION_3_INDEXES:
+        assert " IN " not in indexes[name].upper() and "OR state = " in indexes[name], indexes[name]
+    assert "ix_conveyor_jobs_expires" in str(expired)
+    assert "ux_conveyor_jobs_unique_key" in str(keyed)
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:
