@@ -92,14 +92,13 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
 @_command("push", wire.PushParams, wire.PushResponse, extra=OPTION_FIELDS)
 async def push(app: Conveyor, params: Params) -> Reply:
     """Enqueue one job; options nested under ``options`` or flat."""
-    return {"ok": True, "id": str(await app.push_job(params["queue"], params))}
+    return {"ok": True, "id": await app.push_job(params["queue"], params)}  # wire.encode writes UUIDs
 
 
 @_command("push_batch", wire.PushBatchParams, wire.PushBatchResponse)
 async def push_batch(app: Conveyor, params: Params) -> Reply:
     """Enqueue every job or none; errors name the item (``jobs[3].options.priority``)."""
-    ids = await app.push_batch(params["queue"], params["jobs"])
-    return {"ok": True, "ids": [str(job_id) for job_id in ids]}
+    return {"ok": True, "ids": await app.push_batch(params["queue"], params["jobs"])}
 
 
 @_command("pull", wire.PullParams, wire.PullResponse)
