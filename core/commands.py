@@ -4,8 +4,8 @@ Every protocol front end runs commands through `execute`: the TCP server passes 
 object minus ``cmd``; HTTP routes pass path, query and body merged. So both protocols accept
 the same parameters, refuse the same input with the same error, and answer the same shapes.
 Failures are raised as `ConveyorError`; each protocol renders its envelope
-``{"ok": false, "error": {"code", "message", "details"}}``. A reply holds JSON values and
-models (jobs); `wire.encode` turns it into the bytes both protocols send.
+``{"ok": false, "error": {"code", "message", "details"}}``. A reply holds JSON values,
+UUIDs (new job ids) and models (jobs); `wire.encode` turns it into the bytes both protocols send.
 """
 
 from __future__ import annotations

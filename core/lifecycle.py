@@ -26,9 +26,10 @@ CANCELLABLE = frozenset({JobState.WAITING, JobState.DELAYED, JobState.BLOCKED})
 NOT_STARTED = CANCELLABLE
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=1024)
 def ms_to_dt(ms: int) -> datetime:
-    """Cached: the jobs and events of one batch share their time (a datetime is immutable)."""
+    """Cached: the jobs and events of one batch share their time, and a claim returns jobs
+    pushed in a few batches (a datetime is immutable)."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 

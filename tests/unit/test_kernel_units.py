@@ -274,6 +274,24 @@ def test_stored_json_refuses_what_is_not_json() -> None:
         assert caught.value.field == "data" and "not JSON-serializable" in caught.value.message
     cyclic: list[object] = []
     cyclic.append(cyclic)
-    with pytest.raises(ValidationError, match="deeper than") as caught:
+    with pytest.raises(ValidationError, match="Circular reference") as caught:
         check_json_bytes("data", cyclic, 1 << 20)
     assert caught.value.field == "data"
+
+
+def test_a_cyclic_value_is_refused_even_with_a_raised_recursion_limit() -> None:
+    """Without cycle markers the C encoder would recurse until the C stack overflows (Python
+    3.11 bounds it by the Python recursion limit): a crash of the whole process."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.setrecursionlimit(1_000_000)\n"
+        "from conveyor._limits import check_json_bytes\n"
+        "from conveyor.errors import ValidationError\n"
+        "c = {}; c['self'] = c\n"
+        "try:\n    check_json_bytes('data', c, 1 << 20)\nexcept ValidationError as e:\n    print(e.message)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "Circular reference" in done.stdout
