@@ -22,7 +22,7 @@ from .engines import load_engines
 from .errors import PluginError, ValidationError, WebhookNotFoundError
 from .events import EventDispatcher, cascade_events, failure_events, job_event, pushed_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
-from .jobs import JobBuilder, prefixed
+from .jobs import JobBuilder
 from .lifecycle import ms_to_dt
 from .metrics import MetricsRegistry
 from .models import (
@@ -200,12 +200,15 @@ class Conveyor(TaskHost):
         """Enqueue one job given whole: a `JobSpec`, or a wire body (``name``, ``data``,
         options nested or flat), as protocols receive it. A ``queue`` in it must be ``queue``."""
         limits.check_queue_name(queue)
+        named: Any = queue
         if isinstance(job, dict) and "queue" in job:
             job = {**job}
-            if job.pop("queue") != queue:
-                raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
-        spec = JobSpec.parse(job)
-        built, text = self.jobs.build(queue, spec, self.now_ms())
+            named = job.pop("queue")
+        elif isinstance(job, JobSpec) and job.queue is not None:
+            named = job.queue
+        if named != queue:
+            raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
+        built, text = self.jobs.build_item(queue, job, self.now_ms())
         await self.storage.insert_jobs([built], [text], self.jobs.resolver([built], ["options"]))
         self._emit_pushed([built])
         return built.id
@@ -218,15 +221,7 @@ class Conveyor(TaskHost):
         if not 1 <= len(jobs) <= limits.MAX_BATCH:
             raise ValidationError(f"jobs must hold 1 to {limits.MAX_BATCH} items, got {len(jobs)}", field="jobs")
         now = self.now_ms()
-        built = []
-        for index, item in enumerate(jobs):
-            where = f"jobs[{index}]"
-            spec = JobSpec.parse(item, where)
-            target = limits.check_queue_name(spec.queue, f"{where}.queue") if spec.queue else queue
-            try:
-                built.append(self.jobs.build(target, spec, now))
-            except ValidationError as exc:
-                raise prefixed(exc, where) from None
+        built = [self.jobs.build_item(queue, item, now, f"jobs[{index}]") for index, item in enumerate(jobs)]
         jobs_built = [job for job, _ in built]
         labels = [f"jobs[{i}].options" for i in range(len(built))]
         await self.storage.insert_jobs(jobs_built, [text for _, text in built], self.jobs.resolver(jobs_built, labels))

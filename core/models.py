@@ -122,17 +122,27 @@ class JobSpec(_Input):
     @classmethod
     def parse(cls, value: Any, where: str = "") -> JobSpec:
         """Validate a job body whose options may be flat (RustQueue clients) or nested."""
-        if type(value) is dict and value.keys() <= _BARE_KEYS:  # no options: the common shape
-            name, queue = value.get("name"), value.get("queue")
-            if type(name) is str and name.isascii() and name and (queue is None or type(queue) is str):
-                # What validation would build (non-ASCII names are left to it: it refuses lone
-                # surrogates); ``data`` is checked when it is serialized.
-                values = {"queue": queue, "name": name, "data": value.get("data"), "options": _no_options()}
-                return trusted(cls, values, set(value))
+        if (bare := bare_body(value)) is not None:  # what validation would build, ~10x cheaper
+            name, data, queue = bare
+            return trusted(cls, {"queue": queue, "name": name, "data": data, "options": _no_options()}, set(value))
         return parse(cls, gather_flat_options(value, where), where)
 
 
 _BARE_KEYS = frozenset({"queue", "name", "data"})
+
+
+def bare_body(value: Any) -> tuple[str, Any, str | None] | None:
+    """``(name, data, queue)`` of a job body without options that validation would accept as
+    it is, the common shape on the wire; None for anything else (which `JobSpec.parse`
+    validates). Non-ASCII names are left to validation: it refuses lone surrogates. ``data``
+    is checked when it is serialized."""
+    if type(value) is dict and value.keys() <= _BARE_KEYS:
+        name, queue = value.get("name"), value.get("queue")
+        if type(name) is str and name.isascii() and name and (queue is None or type(queue) is str):
+            return name, value.get("data"), queue
+    return None
+
+
 DEFAULT_OPTION_VALUES = JobOptions().__dict__
 """Field values of ``JobOptions()``: options equal to these set nothing (a read-only mapping by convention)."""
 

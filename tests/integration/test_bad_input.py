@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, ConveyorError, LimitExceededError, ValidationError
+from conveyor import Conveyor, ConveyorError, JobSpec, LimitExceededError, ValidationError
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +75,11 @@ CASES: list[tuple[str, Call, type[ConveyorError], int, str]] = [
     ("ack_batch not a list", lambda a: a.ack_batch("x"), ValidationError, 400, "items"),  # type: ignore[arg-type]
     ("dlq limit zero", lambda a: a.dlq("q", limit=0), ValidationError, 400, "limit"),
     ("pause bad queue", lambda a: a.pause("a/b"), ValidationError, 400, "queue"),
+    ("body names another queue", lambda a: a.push_job("q", {"name": "j", "queue": "r"}), ValidationError, 400, "queue"),
+    ("spec names another queue", lambda a: a.push_job("q", JobSpec(name="j", queue="r")), ValidationError, 400, "queue"),
+    ("batch item bad queue", lambda a: a.push_batch("q", [{"name": "j", "queue": "a b"}]), ValidationError, 400, "jobs[0].queue"),
+    ("batch item name too long", lambda a: a.push_batch("q", [{"name": "j"}, {"name": "n" * 1025}]), LimitExceededError, 413, "jobs[1].name"),
+    ("batch item data not JSON", lambda a: a.push_batch("q", [{"name": "j", "data": {1j}}]), ValidationError, 400, "jobs[0].data"),
 ]  # fmt: skip
 
 
