@@ -7,6 +7,7 @@ dependency order. Nothing here touches storage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -109,22 +110,18 @@ class JobBuilder:
             return None
         return dag.parent_resolver(labels, self.max_dag_depth)
 
-    def build_item(self, queue: str, item: JobSpec | dict[str, Any], now_ms: int, where: str = "") -> tuple[Job, str]:
-        """`build` for a `JobSpec` or a wire body (options nested or flat), in ``queue`` unless
-        the item names its own; errors are located at ``where`` (``jobs[3]``)."""
+    def build_item(self, queue: str, item: Any, now_ms: int, where: str = "") -> tuple[Job, str]:
+        """`build` for a `JobSpec` or a wire body (options nested or flat; anything else is
+        refused by validation), in ``queue`` unless the item names its own; errors are located
+        at ``where`` (``jobs[3]``)."""
+        queue_field = f"{where}.queue" if where else "queue"
         if (bare := bare_body(item)) is not None:  # the common body: no spec object needed
             name, data, own_queue = bare
-            target = limits.check_queue_name(own_queue, f"{where}.queue" if where else "queue") if own_queue else queue
-            try:
-                return _build_bare(target, name, data, now_ms)
-            except ValidationError as exc:
-                raise prefixed(exc, where) if where else exc from None
+            target = limits.check_queue_name(own_queue, queue_field) if own_queue else queue
+            return _located(where, _build_bare, target, name, data, now_ms)
         spec = JobSpec.parse(item, where)
-        target = limits.check_queue_name(spec.queue, f"{where}.queue" if where else "queue") if spec.queue else queue
-        try:
-            return self.build(target, spec, now_ms)
-        except ValidationError as exc:
-            raise prefixed(exc, where) if where else exc from None
+        target = limits.check_queue_name(spec.queue, queue_field) if spec.queue else queue
+        return _located(where, self.build, target, spec, now_ms)
 
     def build(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
         """A new job from ``spec`` (every size checked, follow-ups checked as the ack would build
@@ -170,6 +167,16 @@ def _job_values(queue: str, spec: JobSpec, now_ms: int) -> dict[str, Any]:
 _BARE_JOB = _job_values("", JobSpec(name="-"), 0)
 """A job with every option at its default; `_build_bare` fills in the rest (~3x cheaper than
 reading each option back from the spec)."""
+
+
+def _located(where: str, build: Callable[..., tuple[Job, str]], *args: Any) -> tuple[Job, str]:
+    """``build(*args)``, its errors located at ``where`` inside a batch (as they are, outside one)."""
+    if not where:
+        return build(*args)
+    try:
+        return build(*args)
+    except ValidationError as exc:
+        raise prefixed(exc, where) from None
 
 
 def _build_bare(queue: str, name: str, data: Any, now_ms: int) -> tuple[Job, str]:

@@ -295,3 +295,17 @@ def test_a_cyclic_value_is_refused_even_with_a_raised_recursion_limit() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-500:]
     assert "Circular reference" in done.stdout
+
+
+def test_a_build_error_is_located_in_a_batch_and_keeps_its_cause_outside_one() -> None:
+    from conveyor.errors import ValidationError
+    from conveyor.jobs import JobBuilder
+
+    builder = JobBuilder(max_dag_depth=8)
+    for body in ({"name": "j", "data": float("nan")}, {"name": "j", "data": float("nan"), "priority": 1}):
+        with pytest.raises(ValidationError) as alone:
+            builder.build_item("q", body, 0)
+        assert alone.value.field == "data" and isinstance(alone.value.__cause__, ValueError)
+        with pytest.raises(ValidationError) as in_batch:
+            builder.build_item("q", body, 0, "jobs[2]")
+        assert in_batch.value.field == "jobs[2].data" and in_batch.value.message.startswith("jobs[2].data")
