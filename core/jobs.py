@@ -114,14 +114,11 @@ class JobBuilder:
         """`build` for a `JobSpec` or a wire body (options nested or flat; anything else is
         refused by validation), in ``queue`` unless the item names its own; errors are located
         at ``where`` (``jobs[3]``)."""
-        queue_field = f"{where}.queue" if where else "queue"
         if (bare := bare_body(item)) is not None:  # the common body: no spec object needed
             name, data, own_queue = bare
-            target = limits.check_queue_name(own_queue, queue_field) if own_queue else queue
-            return _located(where, _build_bare, target, name, data, now_ms)
+            return _located(where, _build_bare, _target(queue, own_queue, where), name, data, now_ms)
         spec = JobSpec.parse(item, where)
-        target = limits.check_queue_name(spec.queue, queue_field) if spec.queue else queue
-        return _located(where, self.build, target, spec, now_ms)
+        return _located(where, self.build, _target(queue, spec.queue, where), spec, now_ms)
 
     def build(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
         """A new job from ``spec`` (every size checked, follow-ups checked as the ack would build
@@ -167,6 +164,13 @@ def _job_values(queue: str, spec: JobSpec, now_ms: int) -> dict[str, Any]:
 _BARE_JOB = _job_values("", JobSpec(name="-"), 0)
 """A job with every option at its default; `_build_bare` fills in the rest (~3x cheaper than
 reading each option back from the spec)."""
+
+
+def _target(queue: str, named: str | None, where: str) -> str:
+    """The item's own queue when it names one (checked), else ``queue``."""
+    if not named:
+        return queue
+    return limits.check_queue_name(named, f"{where}.queue" if where else "queue")
 
 
 def _located(where: str, build: Callable[..., tuple[Job, str]], *args: Any) -> tuple[Job, str]:

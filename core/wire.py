@@ -2,8 +2,8 @@
 
 The parameter models name what each command accepts (an unknown name is refused before
 anything runs) and document both protocols; the response models document what comes back.
-Handlers build plain dicts (holding JSON values, UUIDs and models) on the hot path; a test checks each response validates against its
-model, so the documentation cannot drift from what is sent.
+Handlers build plain dicts (of JSON values, UUIDs and models) on the hot path; a test checks
+each response validates against its model, so the documentation cannot drift from what is sent.
 """
 
 from __future__ import annotations

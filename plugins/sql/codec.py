@@ -78,6 +78,8 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
     assert created is not None
     updated = created if j["updated_at"] is j["created_at"] else _ms(j["updated_at"])
     data = data_text if data_text is not None else (None if j["data"] is None else dumps(j["data"]))
+    # None checked here, not in `_ms`: a new job leaves most times empty, and the calls saved
+    # are ~1% of the server's instructions per job (bench_instructions.py)
     ttl, delay_until, started_at, completed_at, heartbeat = (
         j["ttl_ms"],
         j["delay_until"],

@@ -42,7 +42,7 @@ from .tables import (
 
 Woken = set[str]
 DEPS = deps.name
-_NONE: dict[str, Any] = {}
+_NO_VALUES: dict[str, Any] = {}
 CHUNK = 500
 
 
@@ -350,7 +350,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
         for key, job_id in chunk:
             params.append(key)
             if extra:
-                own = t.per_id.get(job_id, _NONE)
+                own = t.per_id.get(job_id, _NO_VALUES)
                 params += [encode_value(c, own.get(c)) for c in extra]
         sql = _transition_sql(d, len(chunk), extra, tuple(common), len(states), t.worker_id is not None, t.delete_if)
         # placeholder order: WITH rows, SET, states, owner

@@ -18,15 +18,21 @@ SCHEMA_VERSION = 4
 3: the timeout and TTL indexes hold only jobs that have a timeout or TTL.
 4: partial-index predicates without ``IN`` lists (see `PENDING_SQL`)."""
 
-PENDING_SQL = "(state = 'waiting' OR state = 'delayed' OR state = 'blocked' OR state = 'active')"
-"""A job that still holds its unique key. Partial-index predicates spell state sets as ``OR``
-chains, never ``IN (...)``: SQLite evaluates an index's predicate for every row written, and
-for an ``IN`` list of three or more values it builds a temporary table each time. Two such
-predicates cost ~75,000 instructions per job over a push, claim and ack -- 28% of all SQLite
-did (tests/benchmarks/RESULTS.md)."""
+
+def _state_in(*states: str) -> str:
+    """A set of states as partial-index predicates spell it: an ``OR`` chain, never ``IN
+    (...)``. SQLite evaluates an index's predicate for every row written, and for an ``IN``
+    list of three or more values it builds a temporary table each time: two such predicates
+    cost ~75,000 instructions per job over a push, claim and ack, 28% of all SQLite did
+    (tests/benchmarks/RESULTS.md)."""
+    return "(" + " OR ".join(f"state = '{state}'" for state in states) + ")"
+
+
+PENDING_SQL = _state_in("waiting", "delayed", "blocked", "active")
+"""A job that still holds its unique key."""
 ACTIVE_SQL = "state = 'active'"
 DEADLINE_SQL = "state = 'active' AND deadline_at IS NOT NULL"
-EXPIRES_SQL = "expires_at IS NOT NULL AND (state = 'waiting' OR state = 'delayed' OR state = 'blocked')"
+EXPIRES_SQL = f"expires_at IS NOT NULL AND {_state_in('waiting', 'delayed', 'blocked')}"
 """Partial-index predicates; queries must repeat them verbatim for the planner to use them."""
 
 
