@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import anyio
@@ -45,6 +45,8 @@ from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
 from .tasks import TaskHost
 from .webhooks import Webhook, WebhookSpec, build_webhook
 from .workers import WorkerRegistry
+
+T = TypeVar("T")
 
 log = logging.getLogger("conveyor")
 MAX_WAIT_MS = 300_000
@@ -244,13 +246,26 @@ class Conveyor(TaskHost):
     async def pull(self, queue: str, count: int = 1, *, worker_id: str | None = None, wait_ms: int = 0) -> list[Job]:
         """Claim up to ``count`` waiting jobs (highest priority, then oldest). With ``wait_ms``,
         wait up to that long for a job to arrive when the queue is empty."""
+        return await self._pull(self.storage.claim_jobs, queue, count, worker_id, wait_ms)
+
+    async def pull_json(
+        self, queue: str, count: int = 1, *, worker_id: str | None = None, wait_ms: int = 0
+    ) -> list[str]:
+        """`pull`, each job returned as the JSON text the protocols send for it: for protocol
+        front ends, which pass jobs on without using them (no `Job` objects are built)."""
+        return await self._pull(self.storage.claim_jobs_json, queue, count, worker_id, wait_ms)
+
+    async def _pull(
+        self, claim: Callable[[str, int, int, str | None], Awaitable[list[T]]],
+        queue: str, count: int, worker_id: str | None, wait_ms: int,
+    ) -> list[T]:  # fmt: skip
         limits.check_queue_name(queue)
         limits.check_count(count, "count", limits.MAX_PULL_COUNT)
         limits.check_count(wait_ms, "wait_ms", MAX_WAIT_MS, minimum=0)
         _check_worker(worker_id)
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
-            jobs = await self.storage.claim_jobs(queue, count, self.now_ms(), worker_id)
+            jobs = await claim(queue, count, self.now_ms(), worker_id)
             remaining = deadline - anyio.current_time()
             if jobs or remaining <= 0 or self._pulls_released:
                 if jobs:

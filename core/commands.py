@@ -5,7 +5,8 @@ object minus ``cmd``; HTTP routes pass path, query and body merged. So both prot
 the same parameters, refuse the same input with the same error, and answer the same shapes.
 Failures are raised as `ConveyorError`; each protocol renders its envelope
 ``{"ok": false, "error": {"code", "message", "details"}}``. A reply holds JSON values,
-UUIDs (new job ids) and models (jobs); `wire.encode` turns it into the bytes both protocols send.
+UUIDs (new job ids), models and `wire.JsonText` (pulled jobs, rendered by the storage);
+`wire.encode` turns it into the bytes both protocols send.
 """
 
 from __future__ import annotations
@@ -105,13 +106,13 @@ async def push_batch(app: Conveyor, params: Params) -> Reply:
 async def pull(app: Conveyor, params: Params) -> Reply:
     """Claim up to ``count`` jobs (highest priority, then oldest); ``wait_ms`` long-polls."""
     count = params.get("count")
-    jobs = await app.pull(
+    jobs = await app.pull_json(
         params["queue"], 1 if count is None else count,
         worker_id=params.get("worker_id"), wait_ms=params.get("wait_ms", 0),
     )  # fmt: skip
     if count is None or count == 1:
-        return {"ok": True, "job": jobs[0] if jobs else None}
-    return {"ok": True, "jobs": jobs}
+        return {"ok": True, "job": wire.JsonText(jobs[0]) if jobs else None}
+    return {"ok": True, "jobs": wire.JsonText(f"[{','.join(jobs)}]")}
 
 
 @_command("ack", wire.AckParams, wire.Ok)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from pydantic_core import to_json
+
 from .errors import ConveyorError
 from .models import Job, JobState
 from .webhooks import Webhook
@@ -208,6 +210,13 @@ class Storage(abc.ABC):
         first, then oldest (LIFO jobs ahead of FIFO ones of equal priority). Returns them in that
         order with ``state``, ``started_at``, ``last_heartbeat`` and ``worker_id`` set. A job is
         claimed by exactly one caller, whatever the number of processes or nodes."""
+
+    async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
+        """`claim_jobs`, each job returned as its JSON text (what `wire.encode` writes for it):
+        the protocols' ``pull`` sends jobs without using them. This default serializes the
+        claimed `Job` objects; a backend that can render its rows directly overrides it to skip
+        building them (the SQL backends do). Must claim exactly as `claim_jobs` does."""
+        return [to_json(job).decode() for job in await self.claim_jobs(queue, count, now_ms, worker_id)]
 
     @abc.abstractmethod
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:

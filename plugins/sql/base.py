@@ -91,6 +91,9 @@ class SqlStorage(Storage, abc.ABC):
         # flushed commit (a push, an ack) makes every earlier one durable, in order.
         return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id, flush=False)
 
+    async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
+        return await self._run(_plain(p.claim_jobs_json), queue, count, now_ms, worker_id, flush=False)
+
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
         if isinstance(decide, Transition):
             return await self._run(p.transition_jobs, ids, decide)

@@ -1,7 +1,8 @@
-"""Job model <-> table row, in `COLUMNS` order.
+"""Job model <-> table row, in `COLUMNS` order; and a row -> the job's JSON text.
 
 This is the per-job hot path of every push, pull and ack, so it is written out field by field
-rather than looped: rows we wrote are decoded without re-validation (`Job.trusted`).
+rather than looped: rows we wrote are decoded without re-validation (`Job.trusted`), and a
+pulled job, which is sent rather than used, is rendered as JSON straight from its row.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
+from json.encoder import encode_basestring
 from typing import Any
 from uuid import UUID
+
+from pydantic_core import to_json
 
 from conveyor._limits import dumps
 from conveyor.lifecycle import dt_to_ms, ms_to_dt
@@ -36,6 +41,15 @@ EXPECTED_COLUMNS = (
 )  # fmt: skip
 if COLUMNS != EXPECTED_COLUMNS:  # pragma: no cover - guards the hand-written order below
     raise ImportError(f"conveyor_jobs columns changed; update codec.py: {COLUMNS}")
+RENDERED_FIELDS = (
+    "id", "custom_id", "name", "queue", "data", "result", "state", "progress", "logs", "priority",
+    "delay_until", "created_at", "updated_at", "started_at", "completed_at", "max_attempts",
+    "attempt", "backoff", "backoff_delay_ms", "last_error", "ttl_ms", "timeout_ms", "unique_key",
+    "tags", "group_id", "metadata", "depends_on", "flow_id", "lifo", "remove_on_complete",
+    "remove_on_fail", "worker_id", "last_heartbeat",
+)  # fmt: skip
+if tuple(Job.model_fields) != RENDERED_FIELDS:  # pragma: no cover - guards `render_job`
+    raise ImportError(f"Job fields changed; update codec.render_job: {tuple(Job.model_fields)}")
 
 
 def encode_logs(logs: list[LogEntry]) -> str | None:
@@ -167,3 +181,65 @@ def _same_or_dt(ms: int | None, same_ms: int, same: datetime) -> datetime | None
 
 def _decode_logs(text: str) -> list[LogEntry]:
     return [LogEntry(timestamp=datetime.fromisoformat(e["timestamp"]), message=e["message"]) for e in _loads(text)]
+
+
+_STATE_JSON = {s.value: f'"{s.value}"' for s in JobState}
+_BACKOFF_JSON = {b.value: f'"{b.value}"' for b in Backoff}
+_METADATA_KEY = '"metadata":'  # left out when null, as `Job.metadata` is (RustQueue compatibility)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else encode_basestring(value)
+
+
+def _int(value: int | None) -> str:
+    return "null" if value is None else str(value)
+
+
+def _bool(value: Any) -> str:
+    return "true" if value else "false"
+
+
+@lru_cache(maxsize=1024)
+def _time(ms: int) -> str:
+    """A stored time as a `Job` serializes it: pydantic itself formats the datetime, once per
+    distinct millisecond (the jobs of one claim share their times)."""
+    return to_json(ms_to_dt(ms)).decode()
+
+
+def _time_or_null(ms: int | None) -> str:
+    return "null" if ms is None else _time(ms)
+
+
+def render_job(row: Sequence[Any], dialect: Dialect) -> str:
+    """The JSON text of ``decode_job(row)`` as `wire.encode` writes it (the same fields, order
+    and values), without building the `Job`: 3-4x cheaper, and a pulled job is sent, not used.
+
+    Stored payloads (``data``, ``result``, ``metadata``, ``tags``, ``depends_on``) are the
+    compact JSON the kernel wrote, so they are spliced in as they are. The bytes may differ from
+    pydantic's where JSON allows (``1e-07`` for ``1e-7``, escapes), never the values: a test
+    compares both on every kind of field. A job with log entries goes through the model."""
+    (
+        id_, custom_id, name, queue, data, result, state, progress, logs, priority,
+        _order_key, delay_until, created_at, updated_at, started_at, completed_at,
+        max_attempts, attempt, backoff, backoff_delay_ms, last_error, ttl_ms, timeout_ms,
+        unique_key, tags, group_id, metadata, depends_on, flow_id, lifo,
+        remove_on_complete, remove_on_fail, worker_id, last_heartbeat, _deadline_at, _expires_at,
+    ) = row  # fmt: skip
+    if logs:
+        return to_json(decode_job(row, dialect)).decode()
+    return (
+        f'{{"id":"{dialect.id_text(id_)}","custom_id":{_text(custom_id)},"name":{encode_basestring(name)},'
+        f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":{result or "null"},'
+        f'"state":{_STATE_JSON[state]},"progress":{progress},"logs":[],"priority":{priority},'
+        f'"delay_until":{_time_or_null(delay_until)},"created_at":{_time(created_at)},'
+        f'"updated_at":{_time(updated_at)},"started_at":{_time_or_null(started_at)},'
+        f'"completed_at":{_time_or_null(completed_at)},"max_attempts":{max_attempts},"attempt":{attempt},'
+        f'"backoff":{_BACKOFF_JSON[backoff]},"backoff_delay_ms":{backoff_delay_ms},'
+        f'"last_error":{_text(last_error)},"ttl_ms":{_int(ttl_ms)},"timeout_ms":{_int(timeout_ms)},'
+        f'"unique_key":{_text(unique_key)},"tags":{tags or "[]"},"group_id":{_text(group_id)},'
+        f'{"" if metadata is None else f"{_METADATA_KEY}{metadata},"}"depends_on":{depends_on or "[]"},'
+        f'"flow_id":{_text(flow_id)},"lifo":{_bool(lifo)},"remove_on_complete":{_bool(remove_on_complete)},'
+        f'"remove_on_fail":{_bool(remove_on_fail)},"worker_id":{_text(worker_id)},'
+        f'"last_heartbeat":{_time_or_null(last_heartbeat)}}}'
+    )

@@ -47,6 +47,12 @@ class Dialect:
     def decode_id(self, value: Any) -> UUID:
         return value if isinstance(value, UUID) else uuid_from_hex(value)
 
+    def id_text(self, value: Any) -> str:
+        """A stored id in the hyphenated form JSON gives a `UUID`, without building one."""
+        if self.postgres:
+            return str(value)
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+
 
 def uuid_from_hex(text: str) -> UUID:
     """`UUID` from the 32-digit hex we stored, without re-parsing the canonical forms."""

@@ -25,7 +25,7 @@ from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
 from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
-from .codec import decode_job, encode_job, encode_value, encode_values
+from .codec import decode_job, encode_job, encode_value, encode_values, render_job
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
 from .tables import (
     ACTIVE_SQL,
@@ -238,6 +238,19 @@ def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
 
 
 def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
+    rows, d = _claim_rows(conn, queue, count, now_ms, worker_id)
+    return [decode_job(row, d) for row in rows]
+
+
+def claim_jobs_json(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
+    rows, d = _claim_rows(conn, queue, count, now_ms, worker_id)
+    return [render_job(row, d) for row in rows]
+
+
+def _claim_rows(
+    conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None
+) -> tuple[list[Any], Dialect]:
+    """The claimed rows, in claim order."""
     cur, d = _cursor(conn)
     # The pick is a MATERIALIZED CTE: PostgreSQL would otherwise re-run an IN-subquery with
     # LIMIT ... SKIP LOCKED per row and claim more than ``count`` jobs.
@@ -255,8 +268,7 @@ def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id:
         ),
         (queue, queue, True, count, now_ms, now_ms, now_ms, worker_id, now_ms),
     )
-    rows = sorted(cur.fetchall(), key=_claim_order)  # RETURNING has no defined order
-    return [decode_job(row, d) for row in rows]
+    return sorted(cur.fetchall(), key=_claim_order), d  # RETURNING has no defined order
 
 
 _PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")

@@ -155,13 +155,13 @@ def report(label: str, jobs: int, pushed: float, drained: float, *cpu: float) ->
           f"cycle {jobs / (pushed + drained):>8,.0f} jobs/s{server}")  # fmt: skip
 
 
-async def run(storage: str, jobs: int) -> None:
+async def run(storage: str, jobs: int, connections: list[int]) -> None:
     proc, host, _ = start_server(storage)
     assert proc.stdout is not None
     tcp = next(line for line in proc.stdout if "tcp listening" in line).split("tcp://")[1].strip()
     port = int(tcp.rsplit(":", 1)[1])
     try:
-        for n in (1, 4):
+        for n in connections:
             conns = [await Line.open(host, port) for _ in range(n)]
             queue = f"b{n}-{uuid.uuid4().hex[:6]}"
             report(f"batches of {BATCH}, {n} conn", jobs, *await batched(conns, jobs, queue, proc.pid))
@@ -181,6 +181,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 4], help="batched runs, one per count")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.backend == "postgres":
@@ -194,7 +195,7 @@ def main() -> None:
             uvloop.install()
         except ImportError:
             pass
-        asyncio.run(run(storage, args.jobs))
+        asyncio.run(run(storage, args.jobs, args.connections))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ The kernel owns the semantics, so any backend that passes this suite behaves the
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from uuid import UUID, uuid4
 
 import pytest
+from pydantic_core import to_json
 
 from conveyor import (
     Conveyor,
@@ -103,6 +105,45 @@ async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     assert [j.name for j in await app.pull("q", 3)] == ["j3", "j4"]
     assert await app.pull("q", 3) == []
     assert await app.pull("other") == []
+
+
+async def test_pull_json_renders_each_job_as_its_model_serializes(app: Conveyor, clock: FakeClock) -> None:
+    """The protocols send pulled jobs as the storage renders them (`pull_json`): each must be
+    the same JSON value as its `Job`, whatever its fields hold."""
+    text = 'quote " backslash \\ tab \t newline \n é 中 😀 \x7f \u2028 </script>'
+    parent = await app.push("p", "parent")
+    await pull_one(app, "p")
+    await app.ack(parent)  # so a job depending on it is waiting, and can be claimed
+    retried = await app.push("q", "retried", 0, max_attempts=3, backoff_delay_ms=0)
+    logged = await app.push("q", "logged", False)
+    assert len(await app.pull("q", 2)) == 2
+    await app.fail(retried, f"boom\n{text}")  # waiting again, with attempt 1 and last_error
+    await app.progress(logged, 40, f"half {text}")
+    await app.release(logged)  # waiting again, with progress and a log entry
+    clock.advance(1_234)  # times so far are whole seconds; from here on they have milliseconds
+    delayed = await app.push("q", "delayed", None, delay_ms=1_000)
+    await app.push_batch("q", [
+        {"name": "plain"},
+        {"name": text, "data": {"s": text, "tiny": 1e-7, "big": 2**70, "neg": -1.5e300, "deep": [[[{}]]]}},
+        {"name": "options", "data": [1, "two", None, True, False, 0.1], "options": {
+            "priority": -2_000_000_000, "max_attempts": 7, "backoff": "linear", "backoff_delay_ms": 0,
+            "ttl_ms": 86_400_000, "timeout_ms": 5_000, "unique_key": f"k-{text}", "tags": ["a", text],
+            "group_id": "g", "custom_id": f"c-{text}", "metadata": {"step": text, "n": [1, 2.5, None]},
+            "depends_on": [str(parent)], "lifo": True,
+        }},
+        {"name": "empty containers", "data": {}, "options": {"metadata": {}, "tags": [], "remove_on_fail": True}},
+        {"name": "string data", "data": "", "options": {"flow_id": text, "remove_on_complete": True}},
+    ])  # fmt: skip
+    clock.advance(1_000)
+    await app.run_maintenance()  # promotes the delayed job: waiting, with its delay_until
+    rendered = await app.pull_json("q", 100, worker_id=f"w-{text}")
+    assert len(rendered) == 8
+    for job_text in rendered:
+        job = await app.get(json.loads(job_text)["id"])
+        assert job is not None and job.state is JobState.ACTIVE
+        assert json.loads(job_text) == json.loads(to_json(job)), job.name
+    assert {json.loads(job_text)["id"] for job_text in rendered} >= {str(retried), str(logged), str(delayed)}
+    assert await app.pull_json("q") == []
 
 
 # -- ack -----------------------------------------------------------------------------------------

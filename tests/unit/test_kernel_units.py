@@ -9,6 +9,7 @@ import uuid
 from uuid import UUID
 
 import pytest
+from pydantic_core import to_json
 
 from conveyor import (
     Backoff,
@@ -114,7 +115,7 @@ def test_row_codec_round_trips_every_field() -> None:
 
     from conveyor import Job, JobState
     from conveyor.models import LogEntry as Log
-    from conveyor.plugins.sql.codec import decode_job, encode_job
+    from conveyor.plugins.sql.codec import decode_job, encode_job, render_job
     from conveyor.plugins.sql.dialect import COLUMNS, POSTGRES, SQLITE
 
     now = ms_to_dt(1_800_000_000_123)
@@ -131,6 +132,46 @@ def test_row_codec_round_trips_every_field() -> None:
         assert len(row) == len(COLUMNS)
         assert decode_job(row, dialect) == job
         assert isinstance(decode_job(row, dialect).id, UUID)
+        # rendered straight from the row, or through the model when it has log entries
+        for variant in (job, job.model_copy(update={"logs": [], "metadata": None, "completed_at": now})):
+            rendered = render_job(encode_job(variant, dialect), dialect)
+            assert json.loads(rendered) == json.loads(to_json(variant))
+            assert ("metadata" in json.loads(rendered)) is (variant.metadata is not None)
+
+
+def test_json_text_is_written_as_it_is_where_other_strings_are_quoted() -> None:
+    from conveyor import wire
+
+    job_id = uuid7()
+    reply = {"ok": True, "jobs": wire.JsonText('[{"id":1},{"é":"\\n"}]'), "label": '[{"id":1}]', "id": job_id}
+    assert (
+        wire.encode(reply)
+        == f'{{"ok":true,"jobs":[{{"id":1}},{{"é":"\\n"}}],"label":"[{{\\"id\\":1}}]","id":"{job_id}"}}'.encode()
+    )
+    assert json.loads(wire.encode(reply))["jobs"] == [{"id": 1}, {"é": "\n"}]
+    assert wire.encode({"ok": True, "job": None}) == b'{"ok":true,"job":null}'
+
+
+def test_a_storage_without_its_own_claim_jobs_json_serializes_the_claimed_jobs() -> None:
+    """A third-party backend implements only `claim_jobs`; the protocols' pull still works."""
+    import asyncio
+
+    from conveyor import Job, JobState
+    from conveyor.storage import Storage
+
+    now = ms_to_dt(1_800_000_000_123)
+    jobs = [
+        Job(id=uuid7(), name=f"j{i}", queue="q", state=JobState.ACTIVE, created_at=now, updated_at=now)
+        for i in range(2)
+    ]
+
+    class Claims:
+        async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
+            assert (queue, count, now_ms, worker_id) == ("q", 2, 5, "w")
+            return jobs
+
+    texts = asyncio.run(Storage.claim_jobs_json(Claims(), "q", 2, 5, "w"))  # type: ignore[arg-type]
+    assert texts == [to_json(job).decode() for job in jobs]
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
