@@ -57,6 +57,8 @@ def dumps(value: Any) -> str:
     on Python 3.11), and no state is shared between threads."""
     if type(value) is str:
         return _encode_text(value)
+    if type(value) is int:  # a plain int (not a bool or an IntEnum) is its repr, as json writes it
+        return int.__repr__(value)
     if _c_encoder is None:  # a Python without the json C accelerator
         return _ENCODER.encode(value)
     encode = _c_encoder({}, _ENCODER.default, _encode_text, None, ":", ",", False, False, False)

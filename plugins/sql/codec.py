@@ -73,7 +73,7 @@ def encode_value(field: str, value: Any) -> Any:
     if field == "depends_on":
         return dumps([str(v) for v in value]) if value else None
     if field in ("state", "backoff"):
-        return value.value
+        return value._value_
     return value
 
 
@@ -93,7 +93,8 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
     updated = created if j["updated_at"] is j["created_at"] else _ms(j["updated_at"])
     data = data_text if data_text is not None else (None if j["data"] is None else dumps(j["data"]))
     # None checked here, not in `_ms`: a new job leaves most times empty, and the calls saved
-    # are ~1% of the server's instructions per job (bench_instructions.py)
+    # are ~1% of the server's instructions per job (bench_instructions.py). Enums give their
+    # ``_value_``: ``.value`` is a Python-level property on Python 3.11.
     ttl, delay_until, started_at, completed_at, heartbeat = (
         j["ttl_ms"],
         j["delay_until"],
@@ -105,11 +106,11 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
         dialect.encode_id(j["id"]), j["custom_id"], j["name"], j["queue"],
         None if data == "null" else data,
         None if j["result"] is None else dumps(j["result"]),
-        j["state"].value, j["progress"], encode_logs(j["logs"]) if j["logs"] else None, j["priority"],
+        j["state"]._value_, j["progress"], encode_logs(j["logs"]) if j["logs"] else None, j["priority"],
         -created if j["lifo"] else created,
         None if delay_until is None else _ms(delay_until), created, updated,
         None if started_at is None else _ms(started_at), None if completed_at is None else _ms(completed_at),
-        j["max_attempts"], j["attempt"], j["backoff"].value, j["backoff_delay_ms"], j["last_error"],
+        j["max_attempts"], j["attempt"], j["backoff"]._value_, j["backoff_delay_ms"], j["last_error"],
         ttl, j["timeout_ms"], j["unique_key"],
         dumps(j["tags"]) if j["tags"] else None,
         j["group_id"],
