@@ -50,6 +50,7 @@ from .models import (
     QueueCounts,
     QueueInfo,
 )
+from .schedules import Schedule, ScheduleSpec
 from .storage import Storage
 from .sync import SyncConveyor
 from .workers import WorkerRegistry
@@ -58,7 +59,7 @@ __all__ = [
     "__version__", "tune_gc", "AckItem", "AckResult", "Client", "ClientConnectionError", "SyncClient", "connect", "connect_sync", "commands", "wire", "Backoff", "Conveyor", "ConveyorError", "DuplicateKeyError", "Event",
     "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
-    "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "ScheduleNotFoundError",
+    "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "Schedule", "ScheduleNotFoundError", "ScheduleSpec",
     "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",
     "UnknownCommandError", "ValidationError", "WebhookNotFoundError", "Worker", "WorkerRegistry",
     "error_for_code", "hookimpl",

@@ -19,11 +19,18 @@ from . import lifecycle, maintenance
 from ._plugins import make_plugin_manager
 from .config import Settings
 from .engines import load_engines
-from .errors import PluginError, ValidationError, WebhookNotFoundError
+from .errors import (
+    ConveyorError,
+    PluginError,
+    QueuePausedError,
+    ScheduleNotFoundError,
+    ValidationError,
+    WebhookNotFoundError,
+)
 from .events import EventDispatcher, cascade_events, failure_events, job_event, pushed_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
 from .jobs import JobBuilder
-from .lifecycle import ms_to_dt
+from .lifecycle import dt_to_ms, ms_to_dt
 from .metrics import MetricsRegistry
 from .models import (
     AckItem,
@@ -41,7 +48,8 @@ from .models import (
     QueueInfo,
     trusted,
 )
-from .storage import Decide, Modified, Reject, Skip, Storage, Transition, Update
+from .schedules import Schedule, ScheduleSpec, build_schedule, job_error, next_run_ms
+from .storage import Decide, Firing, Modified, Reject, Skip, Storage, Transition, Update
 from .tasks import TaskHost
 from .webhooks import Webhook, WebhookSpec, build_webhook
 from .workers import WorkerRegistry
@@ -461,6 +469,69 @@ class Conveyor(TaskHost):
             raise WebhookNotFoundError(f"webhook {webhook_id} not found", details={"id": str(webhook_id)})
         self.webhooks_version += 1
 
+    # -- schedules (fired by the maintenance sweep) ------------------------------------------------
+
+    async def add_schedule(self, spec: ScheduleSpec | dict[str, Any]) -> Schedule:
+        """Create a schedule; its job is checked as a push would check it. Raises
+        ``DuplicateKeyError`` when a schedule has its name."""
+        now = self.now_ms()
+        schedule = build_schedule(spec, now)
+        self._scheduled_job(schedule, now)
+        await self.storage.insert_schedule(schedule)
+        return schedule
+
+    async def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return await self.storage.list_schedules()
+
+    async def get_schedule(self, name: str) -> Schedule:
+        schedule = await self.storage.get_schedule(_schedule_name(name))
+        if schedule is None:
+            raise _no_schedule(name)
+        return schedule
+
+    async def remove_schedule(self, name: str) -> None:
+        if not await self.storage.delete_schedule(_schedule_name(name)):
+            raise _no_schedule(name)
+
+    async def pause_schedule(self, name: str) -> None:
+        """Stop firing (persisted, every node); a paused schedule keeps its next due time."""
+        if not await self.storage.set_schedule_paused(_schedule_name(name), True, self.now_ms()):
+            raise _no_schedule(name)
+
+    async def resume_schedule(self, name: str) -> None:
+        """Fire again; a due time passed while paused fires once, at the next sweep."""
+        if not await self.storage.set_schedule_paused(_schedule_name(name), False, self.now_ms()):
+            raise _no_schedule(name)
+
+    async def fire_schedules(self, now_ms: int, limit: int) -> int:
+        """Push the job of every due schedule (up to ``limit``); returns how many were pushed.
+        The maintenance sweep calls this."""
+        fired = 0
+        for schedule in await self.storage.due_schedules(now_ms, limit):
+            try:
+                job, text = self._scheduled_job(schedule, now_ms)
+                due = dt_to_ms(schedule.next_run_at)
+                firing = Firing(schedule.name, due, next_run_ms(schedule, now_ms), now_ms, job, text,
+                                self.jobs.resolver([job], ["job_options"]))  # fmt: skip
+                pushed = await self.storage.fire_schedule(firing)
+            except QueuePausedError:
+                continue  # the firing waits for its queue
+            except ConveyorError as exc:
+                log.warning("schedule %s could not fire: %s", schedule.name, exc)
+                continue
+            if pushed:
+                fired += 1
+                self._emit_pushed([job])
+        return fired
+
+    def _scheduled_job(self, schedule: Schedule, now_ms: int) -> tuple[Job, str]:
+        """The job a firing of ``schedule`` pushes; errors name the schedule's fields."""
+        try:
+            return self.jobs.build_item(schedule.queue, schedule.job_body(), now_ms)
+        except ValidationError as exc:
+            raise job_error(exc) from None
+
     # -- shared plumbing ---------------------------------------------------------------------
 
     async def _modify_one(self, job_id: UUID, decide: Decide | Transition) -> Modified:
@@ -497,6 +568,14 @@ class Conveyor(TaskHost):
     def _emit_pushed(self, jobs: list[Job]) -> None:
         if self.events.active:
             self.events.emit([pushed_event(job) for job in jobs])
+
+
+def _schedule_name(name: Any) -> str:
+    return limits.check_queue_name(name, "name")
+
+
+def _no_schedule(name: str) -> ScheduleNotFoundError:
+    return ScheduleNotFoundError(f"schedule {str(name)[:256]!r} not found", details={"name": str(name)[:256]})
 
 
 def _webhook_id(value: Any) -> UUID:

@@ -259,3 +259,46 @@ async def webhook_delete(app: Conveyor, params: Params) -> Reply:
     """Remove a registration; deliveries already under way finish."""
     await app.remove_webhook(params["id"])
     return OK
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+@_command("schedule_create", wire.ScheduleCreateParams, wire.ScheduleResponse)
+async def schedule_create(app: Conveyor, params: Params) -> Reply:
+    """Create a schedule: a job pushed on a cron expression or every ``every_ms`` (stored, so it
+    survives restarts; every node shares it and each due time fires once)."""
+    return {"ok": True, "schedule": await app.add_schedule(params)}
+
+
+@_command("schedule_list", wire.NoParams, wire.SchedulesResponse)
+async def schedule_list(app: Conveyor, params: Params) -> Reply:
+    """Every schedule, by name."""
+    return {"ok": True, "schedules": await app.schedules()}
+
+
+@_command("schedule_get", wire.ScheduleNameParams, wire.ScheduleResponse)
+async def schedule_get(app: Conveyor, params: Params) -> Reply:
+    """One schedule by name: its definition, firings so far and next due time."""
+    return {"ok": True, "schedule": await app.get_schedule(params["name"])}
+
+
+@_command("schedule_delete", wire.ScheduleNameParams, wire.Ok)
+async def schedule_delete(app: Conveyor, params: Params) -> Reply:
+    """Remove a schedule; jobs it already pushed stay."""
+    await app.remove_schedule(params["name"])
+    return OK
+
+
+@_command("schedule_pause", wire.ScheduleNameParams, wire.Ok)
+async def schedule_pause(app: Conveyor, params: Params) -> Reply:
+    """Stop firing (persisted, every node)."""
+    await app.pause_schedule(params["name"])
+    return OK
+
+
+@_command("schedule_resume", wire.ScheduleNameParams, wire.Ok)
+async def schedule_resume(app: Conveyor, params: Params) -> Reply:
+    """Fire again; a due time passed while paused fires once."""
+    await app.resume_schedule(params["name"])
+    return OK

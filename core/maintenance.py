@@ -1,5 +1,6 @@
-"""The maintenance sweep: promote due delayed jobs, fail timed-out and stalled jobs, expire TTLs,
-and drop events older than ``event_retention_s`` from a shared event log.
+"""The maintenance sweep: fire due schedules, promote due delayed jobs, fail timed-out and
+stalled jobs, expire TTLs, and drop events older than ``event_retention_s`` from a shared event
+log.
 
 Runs in every process that opens a `Conveyor` (embedded and server mode alike). With several
 nodes, `Storage.exclusive` lets one node sweep at a time; every step re-checks its condition
@@ -30,6 +31,8 @@ class SweepReport:
     timed_out: int = 0
     expired: int = 0
     pruned_events: int = 0
+    fired: int = 0
+    """Jobs pushed by due schedules."""
     skipped: bool = False
 
 
@@ -42,6 +45,7 @@ async def sweep(app: Conveyor) -> SweepReport:
             report.skipped = True
             return report
         now = app.now_ms()
+        report.fired = await app.fire_schedules(now, SWEEP_LIMIT)
         report.promoted = await storage.promote_delayed(now)
         stall_before = now - app.settings.stall_timeout_ms
         overdue = await storage.find_overdue(now, stall_before, SWEEP_LIMIT)

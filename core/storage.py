@@ -12,7 +12,7 @@ import abc
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from pydantic_core import to_json
@@ -20,6 +20,9 @@ from pydantic_core import to_json
 from .errors import ConveyorError
 from .models import Job, JobState
 from .webhooks import Webhook
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,8 @@ class Storage(abc.ABC):
         """`claim_jobs`, each job returned as its JSON text (what `wire.encode` writes for it):
         the protocols' ``pull`` sends jobs without using them. This default serializes the
         claimed `Job` objects; a backend that can render its rows directly overrides it to skip
-        building them (the SQL backends do). Must claim exactly as `claim_jobs` does."""
+        building them (the SQL backends do, unless a subclass overrides `claim_jobs`). Must claim
+        exactly as `claim_jobs` does."""
         return [to_json(job).decode() for job in await self.claim_jobs(queue, count, now_ms, worker_id)]
 
     @abc.abstractmethod
@@ -281,3 +285,52 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def delete_webhook(self, webhook_id: UUID) -> bool:
         """Remove a registration; False if there was none with that id."""
+
+    # -- schedules ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def insert_schedule(self, schedule: Schedule) -> None:
+        """Store a new schedule; raises ``DuplicateKeyError`` if one has its name."""
+
+    @abc.abstractmethod
+    async def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+
+    @abc.abstractmethod
+    async def get_schedule(self, name: str) -> Schedule | None: ...
+
+    @abc.abstractmethod
+    async def delete_schedule(self, name: str) -> bool:
+        """Remove a schedule; False if there was none with that name."""
+
+    @abc.abstractmethod
+    async def set_schedule_paused(self, name: str, paused: bool, now_ms: int) -> bool:
+        """Pause or resume a schedule; False if there is none with that name."""
+
+    @abc.abstractmethod
+    async def due_schedules(self, now_ms: int, limit: int) -> list[Schedule]:
+        """Up to ``limit`` schedules that are not paused, not exhausted (``execution_count <
+        max_executions``) and whose ``next_run_at`` is at or before ``now_ms``, earliest first."""
+
+    @abc.abstractmethod
+    async def fire_schedule(self, firing: Firing) -> bool | None:
+        """In one transaction: if the schedule is still due at ``firing.due_ms`` (not paused, not
+        fired meanwhile by another node), advance it (``next_run_at``, ``last_run_at``,
+        ``execution_count`` + 1, paused when that reaches ``max_executions``) and insert
+        ``firing.job`` as `insert_jobs` would. Returns True when the job was pushed, False when
+        the schedule advanced without it because the job's unique key is held by a pending job,
+        None when the schedule was no longer due. Raises what `insert_jobs` raises otherwise
+        (``QueuePausedError``: nothing changes, the firing stays due)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """One due firing of a schedule: its due time (the guard), its next one, and the job."""
+
+    name: str
+    due_ms: int
+    next_ms: int
+    now_ms: int
+    job: Job
+    data_text: str | None
+    resolve: ResolveParents | None = None

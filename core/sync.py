@@ -21,6 +21,7 @@ API = (
     "push", "push_job", "push_batch", "pull", "ack", "ack_batch", "fail", "cancel", "progress", "heartbeat", "release",
     "get", "stats", "queues", "pause", "resume", "dlq", "flow", "submit_flow",
     "add_webhook", "webhooks", "get_webhook", "remove_webhook",
+    "add_schedule", "schedules", "get_schedule", "remove_schedule", "pause_schedule", "resume_schedule",
 )  # fmt: skip
 
 

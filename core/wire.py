@@ -2,12 +2,13 @@
 
 The parameter models name what each command accepts (an unknown name is refused before
 anything runs) and document both protocols; the response models document what comes back.
-Handlers build plain dicts (of JSON values, UUIDs and models) on the hot path; a test checks
+Handlers build plain dicts (of JSON values, UUIDs, models and `JsonText`) on the hot path; a test checks
 each response validates against its model, so the documentation cannot drift from what is sent.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic_core import to_json
 
 from .models import AckResult, EventName, FlowStep, FlowSummary, Job, JobSpec, JobState, QueueCounts, QueueInfo
+from .schedules import Schedule, ScheduleSpec
 from .webhooks import WebhookSpec
 
 
@@ -33,10 +35,18 @@ def encode(reply: dict[str, Any]) -> bytes:
     if not any(type(value) is JsonText for value in reply.values()):
         return to_json(reply)
     members = [
-        to_json(key) + b":" + (value.encode() if type(value) is JsonText else to_json(value))
+        to_json(key) + b":" + (_one_line(value) if type(value) is JsonText else to_json(value))
         for key, value in reply.items()
     ]
     return b"{" + b",".join(members) + b"}"
+
+
+def _one_line(text: JsonText) -> bytes:
+    """The text as it is, unless a line break in it (stored JSON written by something other
+    than the kernel, which writes it compact) would split a TCP reply: then re-serialized."""
+    if "\n" in text or "\r" in text:
+        return to_json(json.loads(text))
+    return text.encode()
 
 
 class _Params(BaseModel):
@@ -151,6 +161,15 @@ class WebhookIdParams(_Params):
     id: UUID
 
 
+class ScheduleCreateParams(ScheduleSpec):
+    """RustQueue's fields: ``name``, ``queue``, ``job_name``, ``job_data``, ``job_options``, one
+    of ``cron_expr`` and ``every_ms``, ``timezone`` and ``max_executions``."""
+
+
+class ScheduleNameParams(_Params):
+    name: str
+
+
 # -- responses -----------------------------------------------------------------------------------
 
 
@@ -233,6 +252,14 @@ class WebhookCreatedResponse(WebhookResponse):
 
 class WebhooksResponse(Ok):
     webhooks: list[WebhookInfo]
+
+
+class ScheduleResponse(Ok):
+    schedule: Schedule
+
+
+class SchedulesResponse(Ok):
+    schedules: list[Schedule]
 
 
 class HealthResponse(Ok):

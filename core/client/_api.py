@@ -23,6 +23,7 @@ from ..models import (
     QueueCounts,
     QueueInfo,
 )
+from ..schedules import Schedule, ScheduleSpec
 from ..tasks import TaskHost
 from ..webhooks import WebhookSpec
 from ..wire import WebhookInfo
@@ -209,3 +210,27 @@ class Client(TaskHost):
 
     async def remove_webhook(self, webhook_id: UUID | str) -> None:
         await self._call("webhook_delete", id=str(webhook_id))
+
+    # -- schedules ---------------------------------------------------------------------------------
+
+    async def add_schedule(self, spec: ScheduleSpec | dict[str, Any]) -> Schedule:
+        body = _jsonable(spec, "spec")
+        if not isinstance(body, dict):
+            raise ValidationError("spec must be an object with name, queue, job_name and a cron_expr or every_ms",
+                                  field="spec")  # fmt: skip
+        return Schedule.model_validate((await self.transport.call("schedule_create", body))["schedule"])
+
+    async def schedules(self) -> list[Schedule]:
+        return [Schedule.model_validate(s) for s in (await self._call("schedule_list"))["schedules"]]
+
+    async def get_schedule(self, name: str) -> Schedule:
+        return Schedule.model_validate((await self._call("schedule_get", name=name))["schedule"])
+
+    async def remove_schedule(self, name: str) -> None:
+        await self._call("schedule_delete", name=name)
+
+    async def pause_schedule(self, name: str) -> None:
+        await self._call("schedule_pause", name=name)
+
+    async def resume_schedule(self, name: str) -> None:
+        await self._call("schedule_resume", name=name)

@@ -51,6 +51,15 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
     if cmd in ("webhook_get", "webhook_delete"):
         hook = _path(p.pop("id", None), "id")
         return ("GET" if cmd == "webhook_get" else "DELETE"), f"/webhooks/{hook}", None, None
+    if cmd == "schedule_create":
+        return "POST", "/schedules", p, None
+    if cmd == "schedule_list":
+        return "GET", "/schedules", None, None
+    if cmd.startswith("schedule_"):
+        name, action = _path(p.pop("name", None), "name"), cmd.removeprefix("schedule_")
+        if action in ("pause", "resume"):
+            return "POST", f"/schedules/{name}/{action}", None, None
+        return ("GET" if action == "get" else "DELETE"), f"/schedules/{name}", None, None
     raise ValueError(f"no HTTP route for command {cmd!r}")
 
 

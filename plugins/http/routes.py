@@ -293,6 +293,46 @@ async def delete_webhook(request: Request, webhook_id: str) -> Response:
     return await _run(request, "webhook_delete", {"id": webhook_id})
 
 
+# -- schedules ----------------------------------------------------------------------------------
+
+
+@router.post(
+    "/schedules", status_code=201, response_model=wire.ScheduleResponse,
+    summary="Create a schedule (a job pushed on a cron expression or every N ms)",
+    openapi_extra=_body(wire.ScheduleCreateParams),
+)  # fmt: skip
+async def create_schedule(request: Request) -> Response:
+    body = await _body_of(request)
+    if body is None:
+        raise ValidationError("request body is required: {name, queue, job_name, cron_expr or every_ms}", field="body")
+    return await _run(request, "schedule_create", _merge(body), 201)
+
+
+@router.get("/schedules", response_model=wire.SchedulesResponse, summary="List schedules")
+async def list_schedules(request: Request) -> Response:
+    return await _run(request, "schedule_list", {})
+
+
+@router.get("/schedules/{name}", response_model=wire.ScheduleResponse, summary="Get a schedule")
+async def get_schedule(request: Request, name: str) -> Response:
+    return await _run(request, "schedule_get", {"name": name})
+
+
+@router.delete("/schedules/{name}", response_model=wire.Ok, summary="Delete a schedule")
+async def delete_schedule(request: Request, name: str) -> Response:
+    return await _run(request, "schedule_delete", {"name": name})
+
+
+@router.post("/schedules/{name}/pause", response_model=wire.Ok, summary="Pause a schedule")
+async def pause_schedule(request: Request, name: str) -> Response:
+    return await _run(request, "schedule_pause", {"name": name})
+
+
+@router.post("/schedules/{name}/resume", response_model=wire.Ok, summary="Resume a schedule")
+async def resume_schedule(request: Request, name: str) -> Response:
+    return await _run(request, "schedule_resume", {"name": name})
+
+
 # -- public -------------------------------------------------------------------------------------
 
 

@@ -15,11 +15,13 @@ import anyio
 from sqlalchemy import Connection
 
 from conveyor.models import Job
-from conveyor.storage import Decide, Modified, QueueRow, ResolveParents, Storage, Transition
+from conveyor.schedules import Schedule
+from conveyor.storage import Decide, Firing, Modified, QueueRow, ResolveParents, Storage, Transition
 from conveyor.webhooks import Webhook
 
 from . import primitives as p
 from . import registry
+from . import schedules as sched
 
 T = TypeVar("T")
 
@@ -92,6 +94,8 @@ class SqlStorage(Storage, abc.ABC):
         return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id, flush=False)
 
     async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
+        if type(self).claim_jobs is not SqlStorage.claim_jobs:  # a subclass claims its own way: use it
+            return await super().claim_jobs_json(queue, count, now_ms, worker_id)
         return await self._run(_plain(p.claim_jobs_json), queue, count, now_ms, worker_id, flush=False)
 
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
@@ -133,6 +137,27 @@ class SqlStorage(Storage, abc.ABC):
 
     async def delete_webhook(self, webhook_id: UUID) -> bool:
         return await self._run(_plain(registry.delete_webhook), webhook_id)
+
+    async def insert_schedule(self, schedule: Schedule) -> None:
+        await self._run(_plain(sched.insert_schedule), schedule)
+
+    async def list_schedules(self) -> list[Schedule]:
+        return await self._run(_plain(sched.list_schedules), read_only=True)
+
+    async def get_schedule(self, name: str) -> Schedule | None:
+        return await self._run(_plain(sched.get_schedule), name, read_only=True)
+
+    async def delete_schedule(self, name: str) -> bool:
+        return await self._run(_plain(sched.delete_schedule), name)
+
+    async def set_schedule_paused(self, name: str, paused: bool, now_ms: int) -> bool:
+        return await self._run(_plain(sched.set_schedule_paused), name, paused, now_ms)
+
+    async def due_schedules(self, now_ms: int, limit: int) -> list[Schedule]:
+        return await self._run(_plain(sched.due_schedules), now_ms, limit, read_only=True)
+
+    async def fire_schedule(self, firing: Firing) -> bool | None:
+        return await self._run(sched.fire_schedule, firing)
 
 
 def _with_woken(fn: Callable[..., set[str]]) -> Callable[..., tuple[None, set[str]]]:

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: jobs, queues, dependencies. 2: webhooks and the shared event log (new tables only).
 3: the timeout and TTL indexes hold only jobs that have a timeout or TTL.
-4: partial-index predicates without ``IN`` lists (see `PENDING_SQL`)."""
+4: partial-index predicates without ``IN`` lists (see `PENDING_SQL`). 5: schedules (a new table)."""
 
 
 def _state_in(*states: str) -> str:
@@ -148,6 +148,28 @@ class WebhookRow(SQLModel, table=True):
     created_at: int = Field(sa_column=_ms(nullable=False))
 
 
+class ScheduleRow(SQLModel, table=True):
+    __tablename__ = "conveyor_schedules"
+    # the sweep's query: WHERE paused = false AND next_run_at <= now ORDER BY next_run_at
+    __table_args__ = (Index("ix_conveyor_schedules_due", "paused", "next_run_at"),)
+
+    name: str = Field(primary_key=True, max_length=256)
+    queue: str = Field(max_length=256)
+    job_name: str = Field(sa_type=Text)
+    job_data: str | None = Field(default=None, sa_type=Text)
+    job_options: str | None = Field(default=None, sa_type=Text)
+    cron_expr: str | None = Field(default=None, sa_type=Text)
+    every_ms: int | None = Field(default=None, sa_column=_ms())
+    timezone: str | None = Field(default=None, sa_type=Text)
+    max_executions: int | None = Field(default=None, sa_type=BigInteger)
+    execution_count: int = Field(default=0, sa_type=BigInteger)
+    paused: bool = False
+    last_run_at: int | None = Field(default=None, sa_column=_ms())
+    next_run_at: int = Field(sa_column=_ms(nullable=False))
+    created_at: int = Field(sa_column=_ms(nullable=False))
+    updated_at: int = Field(sa_column=_ms(nullable=False))
+
+
 class EventRow(SQLModel, table=True):
     """The shared event log (PostgreSQL): appended in commit order, read forward by every node."""
 
@@ -176,6 +198,7 @@ queues = QueueRow.__table__  # type: ignore[attr-defined]
 deps = DependencyRow.__table__  # type: ignore[attr-defined]
 meta = MetaRow.__table__  # type: ignore[attr-defined]
 webhooks = WebhookRow.__table__  # type: ignore[attr-defined]
+schedules = ScheduleRow.__table__  # type: ignore[attr-defined]
 events = EventRow.__table__  # type: ignore[attr-defined]
 event_consumers = EventConsumerRow.__table__  # type: ignore[attr-defined]
 metadata = SQLModel.metadata

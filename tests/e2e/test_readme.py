@@ -21,7 +21,7 @@ def run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     blocks = python_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     workers = blocks.pop(2)
     first = run(blocks[0], tmp_path)
     assert first.returncode == 0, first.stderr
@@ -33,6 +33,9 @@ def test_readme_quick_start_runs_as_pasted(tmp_path: Path) -> None:
     third = run(blocks[2], tmp_path)
     assert third.returncode == 0, third.stderr
     assert third.stdout.strip() == "3 blocked, 1 waiting"
+    fourth = run(blocks[3], tmp_path)
+    assert fourth.returncode == 0, fourth.stderr
+    assert fourth.stdout.strip().endswith(("T01:30:00+00:00", "T00:30:00+00:00")), fourth.stdout  # winter, summer
     (tmp_path / "myapp.py").write_text(workers)
     deferred = subprocess.run([sys.executable, "myapp.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert deferred.returncode == 0, deferred.stderr

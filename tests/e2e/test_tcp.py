@@ -102,6 +102,30 @@ def test_every_command(conn: Line, queue: str) -> None:
     ok(conn.call({"cmd": "auth", "token": "anything"}))  # auth is off: the handshake is a no-op
 
 
+def test_schedule_commands_and_a_fired_job_arrives(conn: Line, queue: str) -> None:
+    """RustQueue's schedule commands; the server's maintenance sweep fires the schedule and a
+    long-poll pull receives its job."""
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    created = ok(conn.call({"cmd": "schedule_create", "name": name, "queue": queue, "job_name": "tick",
+                            "job_data": {"from": "schedule"}, "job_options": {"priority": 4}, "every_ms": 3_600_000}))  # fmt: skip
+    assert created["schedule"]["every_ms"] == 3_600_000 and created["schedule"]["execution_count"] == 0
+    err(conn.call({"cmd": "schedule_create", "name": name, "queue": queue, "job_name": "x", "every_ms": 5}),
+        "DUPLICATE_KEY")  # fmt: skip
+    refused = err(conn.call({"cmd": "schedule_create", "name": "c", "queue": queue, "job_name": "x", "cron_expr": "* *"}),
+                  "VALIDATION_ERROR")  # fmt: skip
+    assert refused["details"]["field"] == "cron_expr"
+    job = ok(conn.call({"cmd": "pull", "queue": queue, "wait_ms": 30_000}))["job"]  # fired at once
+    assert (job["name"], job["data"], job["priority"]) == ("tick", {"from": "schedule"}, 4)
+    fired = ok(conn.call({"cmd": "schedule_get", "name": name}))["schedule"]
+    assert fired["execution_count"] == 1 and fired["last_run_at"] is not None
+    ok(conn.call({"cmd": "schedule_pause", "name": name}))
+    assert [s["paused"] for s in ok(conn.call({"cmd": "schedule_list"}))["schedules"] if s["name"] == name] == [True]
+    ok(conn.call({"cmd": "schedule_resume", "name": name}))
+    ok(conn.call({"cmd": "schedule_delete", "name": name}))
+    for cmd in ("schedule_get", "schedule_delete", "schedule_pause", "schedule_resume"):
+        assert err(conn.call({"cmd": cmd, "name": name}), "SCHEDULE_NOT_FOUND")["details"]["name"] == name
+
+
 def test_pipelining_a_thousand_requests_before_reading(conn: Line, queue: str) -> None:
     conn.send(*[{"cmd": "push", "queue": queue, "name": "p", "data": i} for i in range(1000)])
     ids = [ok(conn.reply())["id"] for _ in range(1000)]

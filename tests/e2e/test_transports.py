@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 TIMES = {"created_at", "updated_at", "started_at", "completed_at", "last_heartbeat", "delay_until",
-         "next_attempt_at", "timestamp"}  # fmt: skip
+         "next_attempt_at", "timestamp", "last_run_at"}  # fmt: skip
 
 Scenario = Callable[[Any], Awaitable[Any]]
 SCENARIOS: dict[str, Scenario] = {}
@@ -107,6 +107,28 @@ async def queue_management(q: Any) -> Any:
     other = await q.push("mgmt", "other", delay_ms=60_000)
     await q.cancel(other)
     return [kept, duplicate, paused, nothing, listed, cancel_active, await q.get(other), await q.stats("mgmt")]
+
+
+@scenario
+async def schedules(q: Any) -> Any:
+    spec = {"name": "yearly", "queue": "sched", "job_name": "report", "job_data": {"k": [1, "é"]},
+            "job_options": {"priority": 3, "tags": ["cron"]}, "cron_expr": "0 3 1 1 *", "timezone": "Europe/Paris"}  # fmt: skip
+    created = await q.add_schedule(spec)
+    refused = [
+        await attempt(q.add_schedule({**spec, "cron_expr": None, "every_ms": 5})),  # the name is taken
+        await attempt(q.add_schedule({**spec, "name": "b", "cron_expr": "0 25 * * *"})),
+        await attempt(q.add_schedule({**spec, "name": "b", "every_ms": 5})),
+        await attempt(q.add_schedule({**spec, "name": "b", "timezone": "Nowhere/City"})),
+        await attempt(q.add_schedule({**spec, "name": "b", "job_options": {"max_attempts": 0}})),
+        await attempt(q.add_schedule({**spec, "name": "bad name"})),
+    ]
+    await q.pause_schedule("yearly")
+    paused = await q.get_schedule("yearly")
+    await q.resume_schedule("yearly")
+    listed = await q.schedules()
+    await q.remove_schedule("yearly")
+    missing = [await attempt(call("yearly")) for call in (q.get_schedule, q.remove_schedule, q.pause_schedule)]
+    return [created, refused, paused, listed, missing, await q.schedules()]
 
 
 @scenario

@@ -69,6 +69,19 @@ async def test_every_command_answers_in_its_documented_shape(app: Conveyor) -> N
     assert (await call("webhook_list"))["webhooks"] == [created["webhook"]]
     await call("webhook_delete", id=created["id"])
     assert (await call("webhook_list"))["webhooks"] == []
+    schedule = (await call("schedule_create", name="nightly", queue="q", job_name="report", job_data={"n": 1},
+                           job_options={"priority": 2}, cron_expr="0 3 * * *", timezone="UTC"))["schedule"]  # fmt: skip
+    assert (schedule["cron_expr"], schedule["job_options"], schedule["execution_count"]) == (
+        "0 3 * * *",
+        {"priority": 2},
+        0,
+    )
+    assert (await call("schedule_get", name="nightly"))["schedule"] == schedule
+    await call("schedule_pause", name="nightly")
+    assert [s["paused"] for s in (await call("schedule_list"))["schedules"]] == [True]
+    await call("schedule_resume", name="nightly")
+    await call("schedule_delete", name="nightly")
+    assert (await call("schedule_list"))["schedules"] == []
     assert used == set(commands.COMMANDS), set(commands.COMMANDS) - used
 
 

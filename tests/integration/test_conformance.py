@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
@@ -16,6 +17,7 @@ from conveyor import (
     Conveyor,
     DuplicateKeyError,
     InvalidStateError,
+    Job,
     JobNotFoundError,
     JobState,
     QueuePausedError,
@@ -107,6 +109,12 @@ async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     assert await app.pull("other") == []
 
 
+def same_json(a: str | bytes, b: str | bytes) -> bool:
+    """The same JSON value, key order and types included (``True == 1 == 1.0`` in Python, not
+    in JSON): both re-serialized the same way."""
+    return json.dumps(json.loads(a)) == json.dumps(json.loads(b))
+
+
 async def test_pull_json_renders_each_job_as_its_model_serializes(app: Conveyor, clock: FakeClock) -> None:
     """The protocols send pulled jobs as the storage renders them (`pull_json`): each must be
     the same JSON value as its `Job`, whatever its fields hold."""
@@ -141,9 +149,28 @@ async def test_pull_json_renders_each_job_as_its_model_serializes(app: Conveyor,
     for job_text in rendered:
         job = await app.get(json.loads(job_text)["id"])
         assert job is not None and job.state is JobState.ACTIVE
-        assert json.loads(job_text) == json.loads(to_json(job)), job.name
+        assert same_json(job_text, to_json(job)), job.name
     assert {json.loads(job_text)["id"] for job_text in rendered} >= {str(retried), str(logged), str(delayed)}
     assert await app.pull_json("q") == []
+
+
+async def test_a_storage_subclass_that_claims_its_own_way_serves_protocol_pulls(tmp_path: Path) -> None:
+    """A SQL backend subclass overriding `claim_jobs` (to decrypt, audit, filter) is used by the
+    protocols' `pull_json` too, not bypassed by the backend's direct rendering."""
+    from conveyor.plugins.sql.sqlite import SqliteStorage
+
+    class Decrypting(SqliteStorage):
+        async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
+            jobs = await super().claim_jobs(queue, count, now_ms, worker_id)
+            return [job.model_copy(update={"data": f"plain:{job.data}"}) for job in jobs]
+
+    storage = Decrypting(f"sqlite:///{tmp_path / 'sub.db'}")
+    async with Conveyor(storage=storage, maintenance=False, plugin_autoload=False) as app:
+        await app.push_batch("q", [{"name": "a", "data": "secret"}, {"name": "b", "data": "other"}])
+        [first] = await app.pull_json("q")
+        assert json.loads(first)["data"] == "plain:secret"
+        [second] = await app.pull("q")
+        assert second.data == "plain:other"
 
 
 # -- ack -----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from conveyor import Conveyor, DuplicateKeyError, StorageError
+from conveyor.plugins.sql.tables import SCHEMA_VERSION
 from tests.conftest import PG_URL
 
 pytestmark = pytest.mark.anyio
@@ -52,7 +53,7 @@ async def test_a_version_2_sqlite_database_gets_the_narrow_sweep_indexes(tmp_pat
     with sqlite3.connect(path) as db:
         version = db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone()[0]
         indexes = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE name LIKE 'ix_conveyor_jobs_%'"))
-    assert version == "4"
+    assert version == str(SCHEMA_VERSION)
     assert "deadline_at IS NOT NULL" in indexes["ix_conveyor_jobs_deadline"]
     assert "expires_at IS NOT NULL" in indexes["ix_conveyor_jobs_expires"]
 
@@ -88,7 +89,7 @@ async def test_a_version_3_postgresql_schema_gets_predicates_without_in_lists(pg
             ("q", "k"),
         ).fetchall()
     indexes = dict(rows)
-    assert version == ("4",)
+    assert version == (str(SCHEMA_VERSION),)
     for name in VERSION_3_INDEXES:  # PostgreSQL shows an OR chain as-is and an IN list as ANY
         assert "ANY" not in indexes[name] and " IN " not in indexes[name], indexes[name]
     assert "ix_conveyor_jobs_expires" in str(expired), expired
@@ -132,7 +133,7 @@ async def test_a_version_3_sqlite_database_gets_predicates_without_in_lists(tmp_
             "EXPLAIN QUERY PLAN SELECT unique_key, id FROM conveyor_jobs WHERE queue = 'q' "
             f"AND unique_key IS NOT NULL AND {PENDING_SQL} AND unique_key IN ('k') LIMIT 1"
         ).fetchall()
-    assert version == "4"
+    assert version == str(SCHEMA_VERSION)
     for name in VERSION_3_INDEXES:
         assert " IN " not in indexes[name].upper() and "OR state = " in indexes[name], indexes[name]
     assert "ix_conveyor_jobs_expires" in str(expired)
@@ -163,3 +164,19 @@ async def test_a_version_2_postgresql_schema_is_migrated(pg_schema: str) -> None
     indexes = dict(rows)
     assert "deadline_at IS NOT NULL" in indexes["ix_conveyor_jobs_deadline"]
     assert "expires_at IS NOT NULL" in indexes["ix_conveyor_jobs_expires"]
+
+
+async def test_a_version_4_sqlite_database_gets_the_schedules_table(tmp_path: Path) -> None:
+    path = tmp_path / "v4.db"
+    url = f"sqlite:///{path}"
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        job_id = await app.push("q", "kept")
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE conveyor_schedules")
+        db.execute("UPDATE conveyor_meta SET value = '4' WHERE key = 'schema_version'")
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        assert (await app.get(job_id)) is not None
+        await app.add_schedule({"name": "s", "queue": "q", "job_name": "j", "every_ms": 1000})
+        assert [s.name for s in await app.schedules()] == ["s"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone() == ("5",)

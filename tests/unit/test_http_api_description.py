@@ -71,7 +71,7 @@ def test_docs_name_every_route_and_setting() -> None:
 def test_the_http_client_has_a_route_for_every_command() -> None:
     from conveyor.client._http import _route
 
-    params = {"queue": "q", "id": "00000000-0000-7000-8000-000000000000", "flow_id": "f"}
+    params = {"queue": "q", "id": "00000000-0000-7000-8000-000000000000", "flow_id": "f", "name": "s"}
     for name in commands.COMMANDS:
         method, path, _, _ = _route(name, dict(params))  # raises ValueError for a missing one
         assert method in ("GET", "POST", "DELETE") and path.startswith("/"), name

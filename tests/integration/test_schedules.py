@@ -1,0 +1,183 @@
+"""Schedules on every backend: stored definitions, firing by the maintenance sweep (once per due
+time, missed times not replayed), pause and resume, ``max_executions``, a paused queue, a unique
+key still held, and bad definitions refused by field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import anyio
+import pytest
+
+from conveyor import Conveyor, DuplicateKeyError, JobState, ScheduleNotFoundError, ValidationError
+from conveyor.lifecycle import dt_to_ms, ms_to_dt
+
+from ..conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+MINUTE = 60_000
+
+
+async def fire(app: Conveyor, clock: FakeClock, advance_ms: int = 0) -> int:
+    clock.advance(advance_ms)
+    return (await app.run_maintenance()).fired
+
+
+async def names_in(app: Conveyor, queue: str) -> list[str]:
+    jobs = await app.pull(queue, 100)
+    return [job.name for job in jobs]
+
+
+async def test_every_ms_fires_at_once_then_every_interval(app: Conveyor, clock: FakeClock) -> None:
+    created = await app.add_schedule({"name": "tick", "queue": "q", "job_name": "ping", "job_data": {"n": 1},
+                                      "job_options": {"priority": 5, "tags": ["cron"]}, "every_ms": 10_000})  # fmt: skip
+    assert created.next_run_at == ms_to_dt(clock.now) and created.execution_count == 0
+    assert await fire(app, clock) == 1
+    [job] = await app.pull("q")
+    assert (job.name, job.data, job.priority, job.tags) == ("ping", {"n": 1}, 5, ["cron"])
+    assert await fire(app, clock, 9_999) == 0  # not due yet
+    assert await fire(app, clock, 1) == 1
+    stored = await app.get_schedule("tick")
+    assert stored.execution_count == 2 and stored.last_run_at == ms_to_dt(clock.now)
+    assert stored.next_run_at == ms_to_dt(clock.now + 10_000)
+
+
+async def test_cron_fires_at_matching_times_in_its_time_zone(app: Conveyor, clock: FakeClock) -> None:
+    clock.now = dt_to_ms(datetime.fromisoformat("2026-03-28T08:30:00+00:00"))
+    await app.add_schedule({"name": "paris-9am", "queue": "q", "job_name": "report", "cron_expr": "0 9 * * *",
+                            "timezone": "Europe/Paris"})  # fmt: skip
+    # 09:00 in Paris is 08:00 UTC before the DST change (29 March 2026), 07:00 UTC after it
+    assert (await app.get_schedule("paris-9am")).next_run_at == datetime.fromisoformat("2026-03-29T07:00:00+00:00")
+    await app.add_schedule({"name": "seconds", "queue": "s", "job_name": "j", "cron_expr": "*/15 * * * * *"})
+    assert (await app.get_schedule("seconds")).next_run_at == datetime.fromisoformat("2026-03-28T08:30:15+00:00")
+    assert await fire(app, clock, 14_999) == 0
+    assert await fire(app, clock, 1) == 1
+    assert await names_in(app, "s") == ["j"]
+
+
+async def test_missed_due_times_fire_once_not_in_a_burst(app: Conveyor, clock: FakeClock) -> None:
+    await app.add_schedule({"name": "m", "queue": "q", "job_name": "j", "every_ms": MINUTE})
+    assert await fire(app, clock) == 1
+    assert await fire(app, clock, 60 * MINUTE) == 1  # an hour without a sweep: one firing
+    assert await fire(app, clock) == 0
+    assert (await app.get_schedule("m")).next_run_at == ms_to_dt(clock.now + MINUTE)
+    assert len(await app.pull("q", 100)) == 2
+
+
+async def test_pause_resume_and_delete(app: Conveyor, clock: FakeClock) -> None:
+    await app.add_schedule({"name": "p", "queue": "q", "job_name": "j", "every_ms": MINUTE})
+    await app.pause_schedule("p")
+    assert (await app.get_schedule("p")).paused is True
+    assert await fire(app, clock, 5 * MINUTE) == 0
+    await app.resume_schedule("p")
+    assert await fire(app, clock) == 1  # the due time passed while paused fires once
+    assert await fire(app, clock) == 0
+    await app.remove_schedule("p")
+    assert await app.schedules() == []
+    for call in (app.get_schedule, app.remove_schedule, app.pause_schedule, app.resume_schedule):
+        with pytest.raises(ScheduleNotFoundError, match="'p'"):
+            await call("p")
+    assert len(await app.pull("q", 100)) == 1  # its job stays
+
+
+async def test_max_executions_pauses_the_schedule_for_good(app: Conveyor, clock: FakeClock) -> None:
+    await app.add_schedule({"name": "twice", "queue": "q", "job_name": "j", "every_ms": 1_000, "max_executions": 2})
+    assert await fire(app, clock) == 1
+    assert await fire(app, clock, 1_000) == 1
+    done = await app.get_schedule("twice")
+    assert (done.execution_count, done.paused) == (2, True)
+    await app.resume_schedule("twice")
+    assert await fire(app, clock, 10_000) == 0  # exhausted: resuming does not fire it again
+    assert len(await app.pull("q", 100)) == 2
+
+
+async def test_a_paused_queue_holds_the_firing_until_it_resumes(app: Conveyor, clock: FakeClock) -> None:
+    await app.add_schedule({"name": "held", "queue": "q", "job_name": "j", "every_ms": MINUTE})
+    await app.pause("q")
+    assert await fire(app, clock) == 0
+    held = await app.get_schedule("held")
+    assert held.execution_count == 0 and held.next_run_at == ms_to_dt(clock.now)  # still due
+    await app.resume("q")
+    assert await fire(app, clock, 1) == 1
+    assert len(await app.pull("q", 100)) == 1
+
+
+async def test_a_unique_key_still_held_skips_the_run(app: Conveyor, clock: FakeClock) -> None:
+    """The previous run has not finished: the next one is skipped, not queued behind it."""
+    spec = {"name": "u", "queue": "q", "job_name": "j", "every_ms": MINUTE, "job_options": {"unique_key": "one"}}
+    await app.add_schedule(spec)
+    assert await fire(app, clock) == 1
+    assert await fire(app, clock, MINUTE) == 0  # skipped: the first job still holds the key
+    skipped = await app.get_schedule("u")
+    assert skipped.execution_count == 2 and skipped.next_run_at == ms_to_dt(clock.now + MINUTE)
+    [job] = await app.pull("q")
+    await app.ack(job.id)
+    assert await fire(app, clock, MINUTE) == 1  # the key is free again
+    assert [j.state for j in await app.pull("q", 10)] == [JobState.ACTIVE]
+
+
+async def test_schedules_survive_reopen_and_names_are_unique(storage_url: str, clock: FakeClock) -> None:
+    if storage_url == "sqlite:///:memory:":
+        pytest.skip("an in-memory database ends with its connection by design")
+    async with Conveyor(storage_url, clock=clock, maintenance=False, plugin_autoload=False) as app:
+        await app.add_schedule({"name": "keep", "queue": "q", "job_name": "j", "cron_expr": "*/5 * * * *",
+                                "job_data": [1, "é"], "max_executions": 9})  # fmt: skip
+        with pytest.raises(DuplicateKeyError, match="'keep' already exists"):
+            await app.add_schedule({"name": "keep", "queue": "other", "job_name": "j", "every_ms": 1})
+        before = await app.get_schedule("keep")
+    async with Conveyor(storage_url, clock=clock, maintenance=False, plugin_autoload=False) as app:
+        assert await app.schedules() == [before]
+
+
+BAD: list[tuple[dict[str, Any], str, str]] = [
+    ({"every_ms": 1, "cron_expr": "* * * * *"}, "cron_expr", "exactly one"),
+    ({}, "cron_expr", "exactly one"),
+    ({"cron_expr": "61 * * * *"}, "cron_expr", "not a valid cron"),
+    ({"cron_expr": "* * *"}, "cron_expr", "3 fields"),
+    ({"every_ms": 0}, "every_ms", "greater than or equal to 1"),
+    ({"every_ms": 1, "timezone": "Mars/Olympus"}, "timezone", "not a known IANA"),
+    ({"every_ms": 1, "name": "bad name"}, "name", "invalid"),
+    ({"every_ms": 1, "queue": ""}, "queue", "invalid"),
+    ({"every_ms": 1, "job_options": {"priority": "high"}}, "job_options.priority", "integer"),
+    ({"every_ms": 1, "job_options": {"tags": ["x" * 300]}}, "job_options.tags[0]", "limit"),
+    ({"every_ms": 1, "job_data": {"x": "y" * (1024 * 1024)}}, "job_data", "limit"),
+    ({"every_ms": 1, "job_name": ""}, "job_name", "at least 1 character"),
+    ({"every_ms": 1, "max_executions": 0}, "max_executions", "greater than or equal to 1"),
+    ({"every_ms": 1, "colour": "red"}, "colour", "unknown field"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "message"), BAD)
+async def test_a_bad_schedule_is_refused_by_field_and_nothing_is_stored(
+    app: Conveyor, change: dict[str, Any], field: str, message: str
+) -> None:
+    spec = {"name": "s", "queue": "q", "job_name": "j", **change}
+    with pytest.raises(ValidationError, match=message) as refused:
+        await app.add_schedule(spec)
+    assert refused.value.field == field
+    assert await app.schedules() == []
+
+
+async def test_two_nodes_sweeping_at_once_fire_each_due_time_once(storage_url: str, clock: FakeClock) -> None:
+    if storage_url == "sqlite:///:memory:":
+        pytest.skip("an in-memory database is one process's alone")
+    async with (
+        Conveyor(storage_url, clock=clock, maintenance=False, plugin_autoload=False) as a,
+        Conveyor(storage_url, clock=clock, maintenance=False, plugin_autoload=False) as b,
+    ):
+        await a.add_schedule({"name": "shared", "queue": "q", "job_name": "j", "every_ms": MINUTE})
+
+        async def sweep(node: Conveyor, fired: list[int]) -> None:
+            fired.append(await node.fire_schedules(clock.now, 100))
+
+        for _ in range(3):
+            fired: list[int] = []
+            async with anyio.create_task_group() as tg:
+                for node in (a, b, a, b):
+                    tg.start_soon(sweep, node, fired)
+            assert sum(fired) == 1
+            clock.advance(MINUTE)
+        assert len(await b.pull("q", 100)) == 3
+        assert (await b.get_schedule("shared")).execution_count == 3
