@@ -20,7 +20,7 @@ from ._plugins import make_plugin_manager
 from .config import Settings
 from .engines import load_engines
 from .errors import (
-    ConveyorError,
+    InvalidStateError,
     PluginError,
     QueuePausedError,
     ScheduleNotFoundError,
@@ -500,7 +500,13 @@ class Conveyor(TaskHost):
             raise _no_schedule(name)
 
     async def resume_schedule(self, name: str) -> None:
-        """Fire again; a due time passed while paused fires once, at the next sweep."""
+        """Fire again; a due time passed while paused fires once, at the next sweep. A schedule
+        that reached ``max_executions`` cannot be resumed (`InvalidStateError`)."""
+        if (await self.get_schedule(name)).exhausted:
+            raise InvalidStateError(
+                f"schedule {name!r} has pushed its max_executions jobs: delete it and create it again",
+                details={"name": name},
+            )
         if not await self.storage.set_schedule_paused(_schedule_name(name), False, self.now_ms()):
             raise _no_schedule(name)
 
@@ -512,13 +518,12 @@ class Conveyor(TaskHost):
             try:
                 job, text = self._scheduled_job(schedule, now_ms)
                 due = dt_to_ms(schedule.next_run_at)
-                firing = Firing(schedule.name, due, next_run_ms(schedule, now_ms), now_ms, job, text,
-                                self.jobs.resolver([job], ["job_options"]))  # fmt: skip
+                firing = Firing(schedule.name, due, next_run_ms(schedule, now_ms, due), now_ms, job, text)
                 pushed = await self.storage.fire_schedule(firing)
             except QueuePausedError:
-                continue  # the firing waits for its queue
-            except ConveyorError as exc:
-                log.warning("schedule %s could not fire: %s", schedule.name, exc)
+                continue  # paused since the schedules were read: the firing waits for its queue
+            except Exception:  # noqa: BLE001 - one schedule must not stop the others or the sweep
+                log.exception("schedule %s could not fire; it stays due", schedule.name)
                 continue
             if pushed:
                 fired += 1

@@ -6,27 +6,35 @@ fired by the maintenance sweep. Each firing is atomic with the push of its job, 
 the schedule's due time, so a schedule fires once per due time whatever the number of nodes.
 
 Missed firings are not replayed: a schedule that was due several times while no node ran fires
-once, then its next time is computed from now. A firing whose job cannot be pushed because its
-``unique_key`` is still held by a pending job is skipped (the previous run has not finished);
-one whose queue is paused waits until the queue is resumed.
+once, then goes on at its next due time after now (an ``every_ms`` schedule keeps its cadence).
+A firing whose job cannot be pushed because its ``unique_key`` is still held by a pending job is
+skipped and not counted (the previous run has not finished); one whose queue is paused waits
+until the queue is resumed. Cron times are local wall-clock times in the schedule's time zone:
+on the night the clocks go back, a time that occurs twice fires once (the first time); on the
+night they go forward, the times in the gap fire once, as the gap ends.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictInt, StrictStr
 
 from . import _limits as limits
 from .errors import ValidationError
-from .lifecycle import ms_to_dt
+from .lifecycle import dt_to_ms, ms_to_dt
 from .models import JobOptions
 
 MAX_EVERY_MS = 366 * 24 * 3600 * 1000
 MAX_CRON_BYTES = 256
+MAX_EXECUTIONS = 1_000_000_000
+_RANDOM_FIELD = re.compile(r"(^|[\s,/-])[RH](?=$|[\s,/(-])", re.IGNORECASE)
+"""croniter's ``R`` (random) and ``H`` (hashed) values: drawn anew at each firing, so refused."""
 
 
 class ScheduleSpec(BaseModel):
@@ -45,13 +53,15 @@ class ScheduleSpec(BaseModel):
     )
     every_ms: StrictInt | None = Field(None, ge=1, le=MAX_EVERY_MS, description="Fires at once, then every N ms.")
     timezone: StrictStr | None = Field(None, description="IANA zone the cron expression reads in (default UTC).")
-    max_executions: StrictInt | None = Field(None, ge=1, description="Pause after this many firings.")
+    max_executions: StrictInt | None = Field(
+        None, ge=1, le=MAX_EXECUTIONS, description="Pause for good after pushing this many jobs."
+    )
 
 
 class Schedule(BaseModel):
     """A stored schedule and where it stands. ``next_run_at`` is when it fires next (it may be
-    in the past while its queue is paused); a schedule that reached ``max_executions`` is paused
-    and never fires again."""
+    in the past while its queue is paused); ``execution_count`` counts the jobs it pushed; one
+    that reached ``max_executions`` is paused and cannot be resumed."""
 
     name: str
     queue: str
@@ -87,17 +97,33 @@ def build_schedule(spec: ScheduleSpec | dict[str, Any], now_ms: int) -> Schedule
     matching time for ``cron_expr``."""
     spec = limits.parse(ScheduleSpec, spec)
     limits.check_queue_name(spec.name, "name")
+    if not spec.name.strip("."):
+        raise ValidationError(
+            f"name {spec.name!r} is invalid: it must not be only dots (it appears in URLs)", field="name"
+        )
     limits.check_queue_name(spec.queue)
     if (spec.cron_expr is None) == (spec.every_ms is None):
         raise ValidationError("give exactly one of cron_expr and every_ms", field="cron_expr")
     options = None
     if spec.job_options is not None:
-        options = limits.parse(JobOptions, spec.job_options, "job_options").model_dump(exclude_unset=True)
+        parsed = limits.parse(JobOptions, spec.job_options, "job_options")
+        if parsed.depends_on:
+            raise ValidationError(
+                "job_options.depends_on: a schedule's jobs cannot depend on other jobs", field="job_options.depends_on"
+            )
+        options = parsed.model_dump(mode="json", exclude_unset=True)
     if spec.cron_expr is not None:
         limits.check_bytes("cron_expr", spec.cron_expr, MAX_CRON_BYTES)
-        _cron(spec.cron_expr, ms_to_dt(now_ms), _zone(spec.timezone))  # refuses a bad expression
-    elif spec.timezone is not None:
+        if _RANDOM_FIELD.search(spec.cron_expr):
+            raise ValidationError(
+                f"cron_expr {spec.cron_expr[:64]!r}: random (R) and hashed (H) values are not supported",
+                field="cron_expr",
+            )
         _zone(spec.timezone)
+    elif spec.timezone is not None:
+        raise ValidationError(
+            "timezone applies to cron_expr only: an every_ms schedule has no wall clock", field="timezone"
+        )
     now = ms_to_dt(now_ms)
     values = spec.model_dump()
     values.update(job_options=options, execution_count=0, paused=False, last_run_at=None, created_at=now,
@@ -111,14 +137,26 @@ def first_run_ms(schedule: Schedule, now_ms: int) -> int:
     return now_ms if schedule.every_ms is not None else next_run_ms(schedule, now_ms)
 
 
-def next_run_ms(schedule: Schedule, after_ms: int) -> int:
-    """The first due time strictly after ``after_ms`` (epoch ms)."""
+def next_run_ms(schedule: Schedule, after_ms: int, due_ms: int | None = None) -> int:
+    """The first due time strictly after ``after_ms`` (epoch ms). An ``every_ms`` schedule keeps
+    the cadence of its last due time ``due_ms`` (a late sweep does not shift it; times missed
+    meanwhile are skipped). A cron expression is matched on local wall-clock times (see the
+    module docstring for the nights the clocks change)."""
     if schedule.every_ms is not None:
-        return after_ms + schedule.every_ms
+        every, base = schedule.every_ms, after_ms if due_ms is None else due_ms
+        return base + every * ((after_ms - base) // every + 1)
     assert schedule.cron_expr is not None
-    after = ms_to_dt(after_ms).astimezone(_zone(schedule.timezone))
-    following = _cron(schedule.cron_expr, after, after.tzinfo).get_next(datetime)
-    return int(following.timestamp() * 1000)
+    zone = _zone(schedule.timezone)
+    wall = ms_to_dt(after_ms).astimezone(zone).replace(tzinfo=None)
+    try:
+        following = _cron(schedule.cron_expr, wall).get_next(datetime)
+    except CroniterError:
+        raise ValidationError(
+            f"cron_expr {schedule.cron_expr[:64]!r} never matches a date", field="cron_expr"
+        ) from None
+    # fold=0: a wall time that occurs twice is the first one; one in a gap reads with the offset
+    # before the gap, which is the moment the gap ends
+    return dt_to_ms(following.replace(tzinfo=zone))
 
 
 _JOB_FIELDS = {"name": "job_name", "data": "job_data", "options": "job_options"}
@@ -136,7 +174,7 @@ def job_error(exc: ValidationError) -> ValidationError:
     return type(exc)(message, field=renamed, details={**exc.details, "field": renamed})
 
 
-def _cron(expr: str, start: datetime, zone: tzinfo | None) -> croniter:
+def _cron(expr: str, start: datetime) -> croniter:
     fields = len(expr.split())
     if fields not in (5, 6):
         raise ValidationError(
@@ -144,7 +182,7 @@ def _cron(expr: str, start: datetime, zone: tzinfo | None) -> croniter:
             field="cron_expr",
         )
     try:
-        return croniter(expr, start.astimezone(zone), second_at_beginning=fields == 6)
+        return croniter(expr, start, second_at_beginning=fields == 6)
     except (ValueError, KeyError) as exc:
         raise ValidationError(
             f"cron_expr {expr[:64]!r} is not a valid cron expression: {exc}", field="cron_expr"
@@ -154,7 +192,13 @@ def _cron(expr: str, start: datetime, zone: tzinfo | None) -> croniter:
 def _zone(name: str | None) -> tzinfo:
     if name is None:
         return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationError(f"timezone {name[:64]!r} is not a known IANA time zone", field="timezone") from None
+    if name not in _known_zones():
+        raise ValidationError(f"timezone {name[:64]!r} is not a known IANA time zone", field="timezone")
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    """IANA zone names (the tz database's, not host files such as ``localtime``)."""
+    host_files = {"localtime", "posixrules", "Factory"}
+    return frozenset(n for n in available_timezones() if n not in host_files and not n.startswith(("posix/", "right/")))

@@ -310,17 +310,18 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def due_schedules(self, now_ms: int, limit: int) -> list[Schedule]:
         """Up to ``limit`` schedules that are not paused, not exhausted (``execution_count <
-        max_executions``) and whose ``next_run_at`` is at or before ``now_ms``, earliest first."""
+        max_executions``), whose queue is not paused and whose ``next_run_at`` is at or before
+        ``now_ms``, earliest first."""
 
     @abc.abstractmethod
     async def fire_schedule(self, firing: Firing) -> bool | None:
         """In one transaction: if the schedule is still due at ``firing.due_ms`` (not paused, not
         fired meanwhile by another node), advance it (``next_run_at``, ``last_run_at``,
         ``execution_count`` + 1, paused when that reaches ``max_executions``) and insert
-        ``firing.job`` as `insert_jobs` would. Returns True when the job was pushed, False when
-        the schedule advanced without it because the job's unique key is held by a pending job,
-        None when the schedule was no longer due. Raises what `insert_jobs` raises otherwise
-        (``QueuePausedError``: nothing changes, the firing stays due)."""
+        ``firing.job`` as `insert_jobs` would. Returns True when the job was pushed; False when
+        the job's unique key is held by a pending job (the schedule advances, its count does
+        not); None when the schedule was no longer due. Raises what `insert_jobs` raises
+        otherwise (``QueuePausedError``: nothing changes, the firing stays due)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,4 +334,3 @@ class Firing:
     now_ms: int
     job: Job
     data_text: str | None
-    resolve: ResolveParents | None = None

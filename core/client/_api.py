@@ -218,6 +218,7 @@ class Client(TaskHost):
         if not isinstance(body, dict):
             raise ValidationError("spec must be an object with name, queue, job_name and a cron_expr or every_ms",
                                   field="spec")  # fmt: skip
+        # the body as given (`_call` would drop its None values, which the server validates)
         return Schedule.model_validate((await self.transport.call("schedule_create", body))["schedule"])
 
     async def schedules(self) -> list[Schedule]:

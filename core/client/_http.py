@@ -55,7 +55,7 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
         return "POST", "/schedules", p, None
     if cmd == "schedule_list":
         return "GET", "/schedules", None, None
-    if cmd.startswith("schedule_"):
+    if cmd in ("schedule_get", "schedule_delete", "schedule_pause", "schedule_resume"):
         name, action = _path(p.pop("name", None), "name"), cmd.removeprefix("schedule_")
         if action in ("pause", "resume"):
             return "POST", f"/schedules/{name}/{action}", None, None

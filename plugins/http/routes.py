@@ -69,7 +69,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "VALIDATION_ERROR: bad input; `details.field` names it",
         401: "UNAUTHORIZED: missing or wrong bearer token",
-        404: "JOB_NOT_FOUND, WEBHOOK_NOT_FOUND (or NOT_FOUND for an unknown route)",
+        404: "JOB_NOT_FOUND, WEBHOOK_NOT_FOUND, SCHEDULE_NOT_FOUND (or NOT_FOUND for an unknown route)",
         409: "INVALID_STATE or DUPLICATE_KEY",
         413: "VALIDATION_ERROR: a size limit (body, data, metadata, names) was exceeded",
         415: "VALIDATION_ERROR: the body is not sent as application/json",

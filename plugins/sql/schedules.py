@@ -15,7 +15,7 @@ from conveyor.schedules import Schedule
 from conveyor.storage import Firing
 
 from . import primitives as p
-from .tables import schedules
+from .tables import queues, schedules
 
 Woken = set[str]
 
@@ -50,9 +50,10 @@ def set_schedule_paused(conn: Connection, name: str, paused: bool, now_ms: int) 
 
 def due_schedules(conn: Connection, now_ms: int, limit: int) -> list[Schedule]:
     c = schedules.c
+    held = select(queues.c.name).where(queues.c.name == c.queue, queues.c.paused.is_(True))
     due = (
         select(schedules)
-        .where(c.paused.is_(False), c.next_run_at <= now_ms)
+        .where(c.paused.is_(False), c.next_run_at <= now_ms, ~held.exists())
         .where((c.max_executions.is_(None)) | (c.execution_count < c.max_executions))
         .order_by(c.next_run_at, c.name)
         .limit(limit)
@@ -81,9 +82,12 @@ def fire_schedule(conn: Connection, firing: Firing) -> tuple[bool | None, Woken]
     cur = conn.connection.cursor()
     cur.execute("SAVEPOINT firing")
     try:
-        woken = p.insert_jobs(conn, [(firing.job, firing.data_text)], firing.resolve)
+        woken = p.insert_jobs(conn, [(firing.job, firing.data_text)])
     except DuplicateKeyError:
         cur.execute("ROLLBACK TO SAVEPOINT firing")
+        # the run is skipped, not counted: it cannot have exhausted the schedule either
+        conn.execute(update(schedules).where(c.name == firing.name)
+                     .values(execution_count=c.execution_count - 1, paused=False))  # fmt: skip
         return False, set()
     cur.execute("RELEASE SAVEPOINT firing")
     return True, woken

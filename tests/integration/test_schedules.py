@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from conveyor import Conveyor, DuplicateKeyError, JobState, ScheduleNotFoundError, ValidationError
+from conveyor import Conveyor, DuplicateKeyError, InvalidStateError, JobState, ScheduleNotFoundError, ValidationError
 from conveyor.lifecycle import dt_to_ms, ms_to_dt
 
 from ..conftest import FakeClock
@@ -83,14 +83,59 @@ async def test_pause_resume_and_delete(app: Conveyor, clock: FakeClock) -> None:
 
 
 async def test_max_executions_pauses_the_schedule_for_good(app: Conveyor, clock: FakeClock) -> None:
-    await app.add_schedule({"name": "twice", "queue": "q", "job_name": "j", "every_ms": 1_000, "max_executions": 2})
+    await app.add_schedule({"name": "twice", "queue": "q", "job_name": "j", "every_ms": 1_000, "max_executions": 2,
+                            "job_options": {"unique_key": "k"}})  # fmt: skip
     assert await fire(app, clock) == 1
+    assert await fire(app, clock, 1_000) == 0  # skipped (the key is held): not counted
+    [job] = await app.pull("q")
+    await app.ack(job.id)
     assert await fire(app, clock, 1_000) == 1
     done = await app.get_schedule("twice")
     assert (done.execution_count, done.paused) == (2, True)
-    await app.resume_schedule("twice")
-    assert await fire(app, clock, 10_000) == 0  # exhausted: resuming does not fire it again
-    assert len(await app.pull("q", 100)) == 2
+    with pytest.raises(InvalidStateError, match="max_executions"):
+        await app.resume_schedule("twice")
+    assert await fire(app, clock, 10_000) == 0
+    assert len(await app.pull("q", 100)) == 1
+
+
+async def test_every_ms_keeps_its_cadence_when_a_sweep_is_late(app: Conveyor, clock: FakeClock) -> None:
+    start = clock.now
+    await app.add_schedule({"name": "c", "queue": "q", "job_name": "j", "every_ms": 1_000})
+    assert await fire(app, clock, 1_500) == 1  # due at start, swept late
+    assert (await app.get_schedule("c")).next_run_at == ms_to_dt(start + 2_000)
+    assert await fire(app, clock, 3_700) == 1  # due at +2,000; +3,000..+5,000 missed and skipped
+    assert (await app.get_schedule("c")).next_run_at == ms_to_dt(start + 6_000)
+
+
+@pytest.mark.parametrize(
+    ("day", "fires_at_utc"),
+    [
+        ("2026-10-25", ["2026-10-25T00:30:00+00:00"]),  # clocks go back at 03:00: 02:30 occurs twice
+        ("2026-03-29", ["2026-03-29T01:30:00+00:00"]),  # clocks go forward at 02:00: 02:30 never occurs
+    ],
+)
+async def test_a_cron_time_fires_once_on_the_nights_the_clocks_change(
+    app: Conveyor, clock: FakeClock, day: str, fires_at_utc: list[str]
+) -> None:
+    clock.now = dt_to_ms(datetime.fromisoformat(f"{day}T00:00:00+02:00"))
+    await app.add_schedule({"name": "night", "queue": "q", "job_name": "j", "cron_expr": "30 2 * * *",
+                            "timezone": "Europe/Paris"})  # fmt: skip
+    fired_at = []
+    for _ in range(6 * 12):  # every five minutes through the night
+        if await fire(app, clock, 5 * MINUTE):
+            fired_at.append(ms_to_dt(clock.now).isoformat())
+    assert [t[:16] for t in fired_at] == [t[:16] for t in fires_at_utc]
+    assert (await app.get_schedule("night")).execution_count == 1
+
+
+async def test_schedules_held_by_a_paused_queue_do_not_hold_up_the_others(app: Conveyor, clock: FakeClock) -> None:
+    await app.pause("held")
+    for i in range(3):
+        await app.add_schedule({"name": f"h{i}", "queue": "held", "job_name": "j", "every_ms": MINUTE})
+    clock.advance(1)
+    await app.add_schedule({"name": "free", "queue": "q", "job_name": "j", "every_ms": MINUTE})
+    assert await app.fire_schedules(clock.now, 2) == 1  # a limit of 2 still reaches "free"
+    assert [j.name for j in await app.pull("q", 10)] == ["j"]
 
 
 async def test_a_paused_queue_holds_the_firing_until_it_resumes(app: Conveyor, clock: FakeClock) -> None:
@@ -111,7 +156,7 @@ async def test_a_unique_key_still_held_skips_the_run(app: Conveyor, clock: FakeC
     assert await fire(app, clock) == 1
     assert await fire(app, clock, MINUTE) == 0  # skipped: the first job still holds the key
     skipped = await app.get_schedule("u")
-    assert skipped.execution_count == 2 and skipped.next_run_at == ms_to_dt(clock.now + MINUTE)
+    assert skipped.execution_count == 1 and skipped.next_run_at == ms_to_dt(clock.now + MINUTE)  # not counted
     [job] = await app.pull("q")
     await app.ack(job.id)
     assert await fire(app, clock, MINUTE) == 1  # the key is free again
@@ -137,7 +182,7 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"cron_expr": "61 * * * *"}, "cron_expr", "not a valid cron"),
     ({"cron_expr": "* * *"}, "cron_expr", "3 fields"),
     ({"every_ms": 0}, "every_ms", "greater than or equal to 1"),
-    ({"every_ms": 1, "timezone": "Mars/Olympus"}, "timezone", "not a known IANA"),
+    ({"cron_expr": "0 9 * * *", "timezone": "Mars/Olympus"}, "timezone", "not a known IANA"),
     ({"every_ms": 1, "name": "bad name"}, "name", "invalid"),
     ({"every_ms": 1, "queue": ""}, "queue", "invalid"),
     ({"every_ms": 1, "job_options": {"priority": "high"}}, "job_options.priority", "integer"),
@@ -146,6 +191,20 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"every_ms": 1, "job_name": ""}, "job_name", "at least 1 character"),
     ({"every_ms": 1, "max_executions": 0}, "max_executions", "greater than or equal to 1"),
     ({"every_ms": 1, "colour": "red"}, "colour", "unknown field"),
+    ({"cron_expr": "0 0 30 2 *"}, "cron_expr", "never matches"),
+    ({"cron_expr": "R * * * *"}, "cron_expr", "random"),
+    ({"cron_expr": "0 H * * *"}, "cron_expr", "hashed"),
+    ({"cron_expr": "0 9 * * *", "timezone": "America"}, "timezone", "not a known IANA"),
+    ({"cron_expr": "0 9 * * *", "timezone": "localtime"}, "timezone", "not a known IANA"),
+    ({"cron_expr": "0 9 * * *", "timezone": "x" * 300}, "timezone", "not a known IANA"),
+    ({"every_ms": 1, "timezone": "UTC"}, "timezone", "cron_expr only"),
+    ({"every_ms": 1, "max_executions": 2**63}, "max_executions", "less than or equal"),
+    ({"every_ms": 1, "name": ".."}, "name", "only dots"),
+    (
+        {"every_ms": 1, "job_options": {"depends_on": ["01a229c9-6e1c-75a0-aec8-25ba3cdb5332"]}},
+        "job_options.depends_on",
+        "cannot depend",
+    ),  # fmt: skip
 ]
 
 
