@@ -2,10 +2,10 @@
 
 Not part of the test run. Numbers go to tests/benchmarks/RESULTS.md.
 
-    .venv/bin/python tests/benchmarks/bench_tcp.py [--jobs N] [--storage URL] [--backend sqlite|postgres]
+    .venv/bin/python tests/benchmarks/bench_tcp.py [--jobs N] [--backend sqlite|postgres] [--connections 1 4 16]
 
 Batched: ``push_batch`` of 50, then ``pull`` count 50 + ``ack_batch`` of 50 until drained, with
-1 and 4 connections; reported as jobs/s for the push phase, the drain phase, and the whole
+each number of connections given (default 1 and 4); reported as jobs/s for the push phase, the drain phase, and the whole
 cycle (every job pushed, pulled and acked: jobs / (push time + drain time)), with the server
 process's CPU per job in each phase (Linux); then 2 producer
 and 2 worker connections at once (jobs / time from first push to last ack). Single ops: one
