@@ -17,9 +17,8 @@ from conveyor.storage import Firing
 
 from . import primitives as p
 from .dialect import POSTGRES, SQLITE, dialect_of
+from .primitives import Woken
 from .tables import queues, schedules
-
-Woken = set[str]
 
 
 def insert_schedule(conn: Connection, schedule: Schedule) -> None:

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from conveyor import commands
+
 from .conftest import Served, serve
 
 
@@ -23,8 +25,11 @@ class Line:
         address = urlsplit(served.addresses["tcp"])
         self.sock = socket.create_connection((address.hostname, address.port), timeout=timeout)
         self.file = self.sock.makefile("rb")
+        self.sent: set[str] = set()
+        """Every ``cmd`` sent, so a test can tell which commands it covered."""
 
     def send(self, *requests: dict[str, Any] | bytes) -> None:
+        self.sent |= {r["cmd"] for r in requests if isinstance(r, dict) and "cmd" in r}
         self.sock.sendall(b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in requests))
 
     def reply(self) -> dict[str, Any]:
@@ -99,7 +104,26 @@ def test_every_command(conn: Line, queue: str) -> None:
     status = ok(conn.call({"cmd": "flow", "flow_id": flow_id}))
     assert status["summary"]["total"] == 2 and status["summary"]["blocked"] == 1
     assert {j["id"] for j in status["jobs"]} == set(submitted["ids"].values())
+    ok(conn.call({"cmd": "push", "queue": queue, "name": "back"}))
+    back = ok(conn.call({"cmd": "pull", "queue": queue, "worker_id": "w"}))["job"]
+    ok(conn.call({"cmd": "release", "id": back["id"], "worker_id": "w"}))
+    assert ok(conn.call({"cmd": "get", "id": back["id"]}))["job"]["state"] == "waiting"
+    pulled = ok(conn.call({"cmd": "pull", "queue": queue, "count": 10}))["jobs"]
+    assert back["id"] in [j["id"] for j in pulled]  # beside the flow's first step
+    acked = ok(conn.call({"cmd": "ack_batch", "items": [{"id": j["id"], "result": 2} for j in pulled]}))["results"]
+    assert [r["ok"] for r in acked] == [True] * len(pulled)
+    hook = ok(conn.call({"cmd": "webhook_create", "url": "https://hooks.example.com/t", "events": ["job_dlq"]}))
+    assert ok(conn.call({"cmd": "webhook_get", "id": hook["id"]}))["webhook"] == hook["webhook"]
+    assert hook["webhook"] in ok(conn.call({"cmd": "webhook_list"}))["webhooks"]
+    ok(conn.call({"cmd": "webhook_delete", "id": hook["id"]}))
+    name = f"every-{uuid.uuid4().hex[:8]}"
+    ok(conn.call({"cmd": "schedule_create", "name": name, "queue": queue, "job_name": "j", "cron_expr": "0 3 1 1 *"}))
+    assert ok(conn.call({"cmd": "schedule_get", "name": name}))["schedule"]["cron_expr"] == "0 3 1 1 *"
+    assert name in [s["name"] for s in ok(conn.call({"cmd": "schedule_list"}))["schedules"]]
+    for cmd in ("schedule_pause", "schedule_resume", "schedule_delete"):
+        ok(conn.call({"cmd": cmd, "name": name}))
     ok(conn.call({"cmd": "auth", "token": "anything"}))  # auth is off: the handshake is a no-op
+    assert conn.sent == {*commands.COMMANDS, "auth"}, {*commands.COMMANDS, "auth"} ^ conn.sent
 
 
 def test_schedule_commands_and_a_fired_job_arrives(conn: Line, queue: str) -> None:
