@@ -91,6 +91,11 @@ def check_json_bytes(field: str, value: Any, limit: int) -> str:
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from exc
     check_bytes(field, text, limit)
+    if _KEY_FROM_NON_STR.search(text) and (key := _colliding_key(value)) is not None:
+        raise ValidationError(
+            f"{field} has two keys that both become {key!r} in JSON; one of them would be lost",
+            field=field,
+        )
     # Depth is at most the number of opening brackets (a few per job, usually): parse only
     # when there are enough of them to go that deep.
     if len(text) > 2 * MAX_JSON_DEPTH and text.count("[") + text.count("{") > MAX_JSON_DEPTH:
@@ -101,6 +106,36 @@ def check_json_bytes(field: str, value: Any, limit: int) -> str:
                 raise _too_deep(field) from None
             raise
     return text
+
+
+_KEY_FROM_NON_STR = re.compile(r'"(?:-?[0-9][0-9.e+-]*|true|false|null)":')
+"""How json writes an int, float, bool or None key; text without such a key cannot hold two
+keys that collide once turned into strings. A str key can match too: `_colliding_key` decides."""
+
+
+def _colliding_key(value: Any) -> str | None:
+    """A key that two keys of one dict in ``value`` both become in JSON (``1`` and ``"1"``)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if not all(type(key) is str for key in item):
+                seen: set[str] = set()
+                for key in item:
+                    text = key if isinstance(key, str) else _json_key(key)
+                    if text in seen:
+                        return text
+                    seen.add(text)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return None
+
+
+def _json_key(key: Any) -> str:
+    if key is True or key is False or key is None:
+        return {True: "true", False: "false", None: "null"}[key]
+    return float.__repr__(key) if isinstance(key, float) else int.__repr__(key)
 
 
 def _too_deep(field: str) -> LimitExceededError:

@@ -26,6 +26,8 @@ CASES: list[tuple[str, Call, type[ConveyorError], int, str]] = [
     ("name not str", lambda a: a.push("q", 123), ValidationError, 400, "name"),  # type: ignore[arg-type]
     ("data over 1 MB", lambda a: a.push("q", "j", "x" * MB), LimitExceededError, 413, "data"),
     ("data not JSON", lambda a: a.push("q", "j", {"f": object()}), ValidationError, 400, "data"),
+    ("data keys collide in JSON", lambda a: a.push("q", "j", {"x": [{1: "a", "1": "b"}]}), ValidationError, 400, "data"),
+    ("metadata keys collide in JSON", lambda a: a.push("q", "j", metadata={None: 1, "null": 2}), ValidationError, 400, "options.metadata"),
     ("metadata over 64 KB", lambda a: a.push("q", "j", metadata={"k": "v" * 65_536}), LimitExceededError, 413, "options.metadata"),
     ("unique key too long", lambda a: a.push("q", "j", unique_key="k" * 1025), LimitExceededError, 413, "options.unique_key"),
     ("priority wrong type", lambda a: a.push("q", "j", priority="high"), ValidationError, 400, "options.priority"),

@@ -324,6 +324,30 @@ def test_stored_json_refuses_what_is_not_json() -> None:
     assert caught.value.field == "data"
 
 
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [({1: "a", "1": "b"}, "1"), ([{"k": {None: 0, "null": 1}}], "null"), ({"t": {"true": 0, True: 1}}, "true"),
+     ({1.5: 0, "1.5": 1}, "1.5"), ({-3: 0, "-3": 1}, "-3")],
+)  # fmt: skip
+def test_keys_that_collide_once_json_makes_them_strings_are_refused(value: object, key: str) -> None:
+    """json writes ``{1: "a", "1": "b"}`` with the key "1" twice; reading it back keeps one."""
+    from conveyor._limits import check_json_bytes
+    from conveyor.errors import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        check_json_bytes("data", value, 1 << 20)
+    assert caught.value.field == "data" and f"two keys that both become {key!r}" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "value", [{1: "a", 2: "b"}, {"1": "a", "k": {"2": 1}}, {"s": '"1":'}, {None: 1, True: 2, 1.5: 3}, [{"-1": 0}]]
+)
+def test_keys_that_stay_distinct_in_json_are_kept(value: object) -> None:
+    from conveyor._limits import check_json_bytes
+
+    assert check_json_bytes("data", value, 1 << 20) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def test_a_cyclic_value_is_refused_even_with_a_raised_recursion_limit() -> None:
     """Without cycle markers the C encoder would recurse until the C stack overflows (Python
     3.11 bounds it by the Python recursion limit): a crash of the whole process."""
