@@ -512,22 +512,30 @@ class Conveyor(TaskHost):
 
     async def fire_schedules(self, now_ms: int, limit: int) -> int:
         """Push the job of every due schedule (up to ``limit``); returns how many were pushed.
-        The maintenance sweep calls this."""
+        The maintenance sweep calls this. The firings run at once, so on SQLite they share
+        group commits: a thousand schedules due in the same second cost a few fsyncs, not a
+        thousand."""
         fired = 0
-        for schedule in await self.storage.due_schedules(now_ms, limit):
+
+        async def fire(schedule: Schedule) -> None:
+            nonlocal fired
             try:
                 job, text = self._scheduled_job(schedule, now_ms)
                 due = dt_to_ms(schedule.next_run_at)
                 firing = Firing(schedule.name, due, next_run_ms(schedule, now_ms, due), now_ms, job, text)
                 pushed = await self.storage.fire_schedule(firing)
             except QueuePausedError:
-                continue  # paused since the schedules were read: the firing waits for its queue
+                return  # paused since the schedules were read: the firing waits for its queue
             except Exception:  # noqa: BLE001 - one schedule must not stop the others or the sweep
                 log.exception("schedule %s could not fire; it stays due", schedule.name)
-                continue
+                return
             if pushed:
                 fired += 1
                 self._emit_pushed([job])
+
+        async with anyio.create_task_group() as tg:
+            for schedule in await self.storage.due_schedules(now_ms, limit):
+                tg.start_soon(fire, schedule)
         return fired
 
     def _scheduled_job(self, schedule: Schedule, now_ms: int) -> tuple[Job, str]:

@@ -163,6 +163,30 @@ async def test_a_unique_key_still_held_skips_the_run(app: Conveyor, clock: FakeC
     assert [j.state for j in await app.pull("q", 10)] == [JobState.ACTIVE]
 
 
+async def test_many_due_schedules_fire_together_in_few_commits(app: Conveyor, clock: FakeClock) -> None:
+    """Each firing is its own transaction on a shared storage, but the firings of one sweep run
+    at once: on SQLite they share group commits (one fsync each) instead of one commit apiece."""
+    for i in range(300):
+        await app.add_schedule({"name": f"s{i:03}", "queue": "q", "job_name": f"j{i:03}", "every_ms": MINUTE})
+    groups: list[int] = []
+    queue = getattr(app.storage, "_groups", None)
+    if queue is not None:  # count the transactions the firings were committed in
+        commit = queue._commit
+
+        async def counted(group: list[Any]) -> Any:
+            groups.append(len(group))
+            return await commit(group)
+
+        queue._commit = counted
+    assert await app.fire_schedules(clock.now, 1000) == 300
+    if queue is not None:
+        queue._commit = commit
+        # the due query, the firings in one or two groups (PostgreSQL's hold 256), a last read
+        assert len(groups) <= 4 and sum(groups) >= 301, groups
+    assert [job.name for job in await app.pull("q", 300)] == [f"j{i:03}" for i in range(300)]  # schedules' order
+    assert {s.execution_count for s in await app.schedules()} == {1}
+
+
 async def test_schedules_survive_reopen_and_names_are_unique(storage_url: str, clock: FakeClock) -> None:
     if storage_url == "sqlite:///:memory:":
         pytest.skip("an in-memory database ends with its connection by design")
