@@ -60,6 +60,9 @@ log = logging.getLogger("conveyor")
 MAX_WAIT_MS = 300_000
 
 
+MINUTE_MS = 60_000
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -104,6 +107,8 @@ class Conveyor(TaskHost):
         self._maintenance_scope: anyio.CancelScope | None = None
         self._pulls_released = False
         self._waiting_pulls: set[anyio.CancelScope] = set()
+        self._schedule_errors_logged: dict[str, int] = {}
+        """Schedule name -> when its failure to fire was last logged (at most once a minute)."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -527,8 +532,11 @@ class Conveyor(TaskHost):
             except QueuePausedError:
                 return  # paused since the schedules were read: the firing waits for its queue
             except Exception:  # noqa: BLE001 - one schedule must not stop the others or the sweep
-                log.exception("schedule %s could not fire; it stays due", schedule.name)
+                if now_ms - self._schedule_errors_logged.get(schedule.name, now_ms - MINUTE_MS) >= MINUTE_MS:
+                    self._schedule_errors_logged[schedule.name] = now_ms
+                    log.exception("schedule %s could not fire; it stays due (logged once a minute)", schedule.name)
                 return
+            self._schedule_errors_logged.pop(schedule.name, None)
             if pushed:
                 fired += 1
                 self._emit_pushed([job])

@@ -187,6 +187,23 @@ async def test_many_due_schedules_fire_together_in_few_commits(app: Conveyor, cl
     assert {s.execution_count for s in await app.schedules()} == {1}
 
 
+async def test_a_schedule_that_cannot_fire_is_logged_once_a_minute_and_holds_up_no_other(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stored job that no longer validates (written by hand, or by an older version) stays
+    due; the sweep says so once a minute, not on every pass, and fires the other schedules."""
+    good = await app.add_schedule({"name": "good", "queue": "q", "job_name": "j", "every_ms": 1_000})
+    broken = good.model_copy(update={"name": "broken", "job_options": {"priority": "high"}})
+    await app.storage.insert_schedule(broken)
+    with caplog.at_level("ERROR", logger="conveyor"):
+        fired = [await fire(app, clock, step) for step in (0, 1_000, 1_000, 58_000)]
+    assert fired == [1, 1, 1, 1]  # "good", every time
+    logged = [r for r in caplog.records if "schedule broken could not fire" in r.getMessage()]
+    assert len(logged) == 2  # at 0 s and at 60 s, not on the two passes between
+    assert "options.priority" in str(logged[0].exc_info[1] if logged[0].exc_info else "")
+    assert (await app.get_schedule("broken")).execution_count == 0
+
+
 async def test_schedules_survive_reopen_and_names_are_unique(storage_url: str, clock: FakeClock) -> None:
     if storage_url == "sqlite:///:memory:":
         pytest.skip("an in-memory database ends with its connection by design")
