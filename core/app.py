@@ -333,7 +333,8 @@ class Conveyor(TaskHost):
             if isinstance(entry, ValidationError):
                 raw = items[index]
                 raw_id = raw.get("id") if isinstance(raw, dict) else None
-                results.append(trusted(AckResult, {"id": str(raw_id), "ok": False, "error": entry.to_wire()}))
+                shown = None if raw_id is None else str(raw_id)
+                results.append(trusted(AckResult, {"id": shown, "ok": False, "error": entry.to_wire()}))
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):

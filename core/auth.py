@@ -27,7 +27,7 @@ class TokenAuth:
             return True
         if not isinstance(token, str):
             return False
-        given = token.encode()
+        given = token.encode("utf-8", "surrogatepass")  # a lone surrogate (JSON allows one) is just wrong
         matched = False
         for known in self._tokens:
             matched |= hmac.compare_digest(given, known)

@@ -49,14 +49,19 @@ COMMANDS: dict[str, Command] = {}
 
 
 def _command(
-    name: str, params: type[BaseModel], response: type[BaseModel], *, extra: frozenset[str] = frozenset()
+    name: str,
+    params: type[BaseModel],
+    response: type[BaseModel],
+    *,
+    extra: frozenset[str] = frozenset(),
+    also_required: tuple[str, ...] = (),
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
         fields = params.model_fields
         COMMANDS[name] = Command(
             name, params, response, fn, inspect.getdoc(fn) or "",
             allowed=frozenset(fields) | extra,
-            required=tuple(key for key, info in fields.items() if info.is_required()),
+            required=tuple(key for key, info in fields.items() if info.is_required()) + also_required,
         )  # fmt: skip
         return fn
 
@@ -90,7 +95,7 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
 # -- jobs -------------------------------------------------------------------------------------
 
 
-@_command("push", wire.PushParams, wire.PushResponse, extra=OPTION_FIELDS)
+@_command("push", wire.PushParams, wire.PushResponse, extra=OPTION_FIELDS, also_required=("queue",))
 async def push(app: Conveyor, params: Params) -> Reply:
     """Enqueue one job; options nested under ``options`` or flat."""
     return {"ok": True, "id": await app.push_job(params["queue"], params)}  # wire.encode writes UUIDs
@@ -126,13 +131,14 @@ async def ack(app: Conveyor, params: Params) -> Reply:
 async def ack_batch(app: Conveyor, params: Params) -> Reply:
     """Ack many jobs in one transaction; one result per item, in order."""
     results = await app.ack_batch(params["items"], worker_id=params.get("worker_id"))
-    return {"ok": True, "results": results}
+    acked = sum(1 for result in results if result.ok)
+    return {"ok": True, "acked": acked, "failed": len(results) - acked, "results": results}
 
 
 @_command("fail", wire.FailParams, wire.FailResponse)
 async def fail(app: Conveyor, params: Params) -> Reply:
     """Record a failed attempt: retry after backoff while attempts remain, else dead-letter."""
-    outcome = await app.fail(params["id"], params["error"], worker_id=params.get("worker_id"))
+    outcome = await app.fail(params["id"], params.get("error", "unknown error"), worker_id=params.get("worker_id"))
     return {"ok": True, **outcome.model_dump(mode="json", exclude={"id"})}
 
 

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     tcp_request_timeout_s: float = Field(
         30.0, gt=0, description="A TCP client must finish a request line, and accept a reply, within this."
     )
+    tcp_max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="TCP connections served at once; one more is answered RATE_LIMITED and closed. The open-file"
+        " limit is raised to fit (up to its hard limit), else this is lowered to fit.",
+    )
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM/SIGINT, how long in-flight requests may take to finish."
     )

@@ -293,9 +293,10 @@ class AckItem(_Input):
 
 
 class AckResult(BaseModel):
-    """Per-item outcome of a batch ack; ``error`` is the wire envelope when ``ok`` is false."""
+    """Per-item outcome of a batch ack; ``error`` is the wire envelope when ``ok`` is false.
+    ``id`` is the item's id as given, as text; None for an item without one."""
 
-    id: str
+    id: str | None
     ok: bool
     error: dict[str, Any] | None = None
 

@@ -93,7 +93,7 @@ class AckBatchParams(_Worker):
 
 
 class FailBody(_Worker):
-    error: str
+    error: str = Field("unknown error", description="What went wrong (RustQueue's default when missing).")
 
 
 class FailParams(FailBody):
@@ -197,6 +197,8 @@ class JobResponse(Ok):
 
 
 class AckBatchResponse(Ok):
+    acked: int = Field(description="How many items were acked (RustQueue's clients read these counts).")
+    failed: int = Field(description="How many items were refused; their results say why.")
     results: list[AckResult]
 
 

@@ -1,27 +1,52 @@
 """`TcpServer`: line-delimited JSON over TCP (anyio), one connection task per client.
 
 Requests on a connection run one after another, in order (a ``pull`` pipelined after a
-``push`` sees it); replies to requests that arrived together are written together. Many
-connections run concurrently and their storage calls share group commits.
+``push`` sees it). Each reply is sent when its request is done, except that replies to lines
+already received are gathered, up to `REPLY_GATHER` bytes, into one send; a reply never waits
+behind a long-poll. Many connections run concurrently and their storage calls share group
+commits.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
+import resource
+import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
 from conveyor import Conveyor, commands, wire
 from conveyor.auth import TokenAuth
-from conveyor.errors import ConveyorError, LimitExceededError, ParseError, UnauthorizedError, ValidationError
+from conveyor.errors import (
+    ConveyorError,
+    LimitExceededError,
+    ParseError,
+    RateLimitedError,
+    UnauthorizedError,
+    ValidationError,
+)
 
 log = logging.getLogger("conveyor.tcp")
 READ_CHUNK = 65536
+REPLY_GATHER = 65536
+"""Replies to pipelined requests are sent together up to this many bytes: one send for many
+small replies, and a client that writes requests without reading replies holds at most this
+(plus one reply) of the server's memory."""
+SEND_CHUNK = 262144
+"""Replies go out in pieces this big, each with the full send timeout: a slow reader that keeps
+reading is not cut off, one that stops is."""
+MAX_AUTH_FAILURES = 5
+"""Refused ``auth`` attempts after which a connection is closed."""
+EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that mean the process is out of a resource: wait a little, then go on."""
+FD_HEADROOM = 128
+"""File descriptors kept free of TCP connections: the database, HTTP, webhooks, logs."""
 
 
 class LineTooLong(Exception):
@@ -31,12 +56,16 @@ class LineTooLong(Exception):
 class _Lines:
     """Reads ``\\n``-terminated lines, never holding more than ``limit`` bytes of one line.
 
-    Waiting for a new line times out after ``idle_s``; finishing a line already begun, after
-    ``slow_s`` (a client that trickles bytes cannot hold a connection forever)."""
+    Waiting for a line to begin times out after ``idle_s``; a line must be finished within
+    ``slow_s`` of its first byte (a client that trickles bytes cannot hold a connection). At end
+    of stream, a last line without its ``\\n`` still counts (``printf '{...}' | nc``)."""
 
     def __init__(self, stream: SocketStream, limit: int, idle_s: float, slow_s: float) -> None:
         self.stream, self.limit, self.idle_s, self.slow_s = stream, limit, idle_s, slow_s
         self.buffer = bytearray()
+        self.begun = 0.0
+        """When the first byte of the unfinished line in ``buffer`` arrived (loop time)."""
+        self.ended = False
 
     def ready(self) -> bytes | None:
         """The next complete line already received, if any."""
@@ -49,20 +78,34 @@ class _Lines:
             raise LineTooLong
         line = bytes(self.buffer[:end])
         del self.buffer[: end + 1]
+        if self.buffer:  # the next line has begun (a pipelined request)
+            self.begun = time.monotonic()
         return line
 
     async def next(self) -> bytes | None:
         """The next line; None at end of stream or timeout."""
         while (line := self.ready()) is None:
-            with anyio.move_on_after(self.slow_s if self.buffer.strip() else self.idle_s) as waiting:
+            if self.ended:
+                return self._last()
+            wait_s = self.begun + self.slow_s - time.monotonic() if self.buffer else self.idle_s
+            with anyio.move_on_after(wait_s) as waiting:
                 try:
                     chunk = await self.stream.receive(READ_CHUNK)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                except anyio.EndOfStream:
+                    self.ended = True
+                    continue
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     return None
             if waiting.cancelled_caught:
                 return None
+            if not self.buffer:
+                self.begun = time.monotonic()
             self.buffer += chunk
         return line
+
+    def _last(self) -> bytes | None:
+        line, self.buffer = bytes(self.buffer), bytearray()
+        return line if line.strip() else None
 
 
 def _encode(reply: dict[str, Any]) -> bytes:
@@ -98,10 +141,13 @@ class TcpServer:
         self._idle: set[anyio.CancelScope] = set()
         self._drained: anyio.Event | None = None
         self.connections = 0
+        self.max_connections = app.settings.tcp_max_connections
+        self._last_warning = 0.0
 
     async def serve(self, ready: Callable[[str], None]) -> None:
         settings = self.app.settings
         self._drained = anyio.Event()
+        self.max_connections = _fit_fd_limit(settings.tcp_max_connections)
         try:
             listener = await anyio.create_tcp_listener(local_host=settings.host, local_port=settings.tcp_port)
         except OSError as exc:
@@ -116,7 +162,10 @@ class TcpServer:
                 if self._stopping:
                     return
                 ready(f"tcp://{f'[{host}]' if ':' in host else host}:{port}")
-                await listener.serve(self._connection, connections)
+                async with anyio.create_task_group() as accepting:
+                    for one in listener.listeners:  # one per address family the host resolves to
+                        assert isinstance(one, SocketListener)
+                        accepting.start_soon(self._accept, one, connections)
             # shutting down: each connection finishes the request it runs, then closes
             with anyio.move_on_after(settings.shutdown_grace_s or math.inf):
                 if self.connections:
@@ -129,6 +178,38 @@ class TcpServer:
             self._accepting.cancel()
         for scope in list(self._idle):
             scope.cancel()
+
+    async def _accept(self, listener: SocketListener, connections: TaskGroup) -> None:
+        """Accept until cancelled. Running out of descriptors or memory is waited out (the
+        connections open now keep being served), not fatal; over ``tcp_max_connections`` a
+        client is told so and closed."""
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in EXHAUSTED:
+                    self._warn(f"tcp: cannot accept a connection ({exc.strerror}); retrying in 0.1 s")
+                    await anyio.sleep(0.1)
+                continue  # a client that gave up during the handshake
+            if self.connections >= self.max_connections:
+                self._warn(f"tcp: refused a connection: {self.connections} open, the limit")
+                connections.start_soon(self._turn_away, stream)
+                continue
+            connections.start_soon(self._connection, stream)
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= 10:
+            self._last_warning = now
+            log.warning(message)
+
+    async def _turn_away(self, stream: SocketStream) -> None:
+        error = RateLimitedError(
+            f"too many connections: the server holds {self.max_connections} at most; retry later",
+            details={"limit": self.max_connections},
+        )
+        async with stream:
+            await _refuse_and_close(stream, error)
 
     async def _connection(self, stream: SocketStream) -> None:
         self.connections += 1
@@ -144,58 +225,124 @@ class TcpServer:
 
     async def _converse(self, stream: SocketStream) -> None:
         settings = self.app.settings
-        lines = _Lines(stream, settings.max_request_bytes, settings.tcp_idle_timeout_s, settings.tcp_request_timeout_s)
-        authed = not self.auth.enabled
+        timeout_s = settings.tcp_request_timeout_s
+        lines = _Lines(stream, settings.max_request_bytes, settings.tcp_idle_timeout_s, timeout_s)
+        session = _Session(authed=not self.auth.enabled)
+        out = bytearray()
         try:
             while not self._stopping:
+                line = None
                 with anyio.CancelScope() as idle:
                     self._idle.add(idle)
                     line = await lines.next()
                 self._idle.discard(idle)
-                if line is None:
+                if line is None:  # end of stream, timeout or shutdown
                     return
-                out = bytearray()
-                while line is not None:  # every line already here; replies go out together
-                    if line.strip():  # a blank line is no request (telnet users press enter)
-                        reply, authed = await self._request(line, authed)
-                        out += _encode(reply)
+                while line is not None:
+                    request = _parse(line)
+                    if out and _may_wait(request):  # what is done goes out before a long-poll
+                        await _send(stream, out, timeout_s)
+                        out.clear()
+                    out += _encode(await self._request(request, session))
+                    if session.auth_failures >= MAX_AUTH_FAILURES:
+                        await _send(stream, out, timeout_s)
+                        return
                     line = lines.ready()
-                if out:
-                    with anyio.fail_after(settings.tcp_request_timeout_s):
-                        await stream.send(bytes(out))
+                    if line is None or len(out) >= REPLY_GATHER:
+                        await _send(stream, out, timeout_s)
+                        out.clear()
         except LineTooLong:
-            await _refuse_and_close(stream, settings.max_request_bytes)
+            if out:
+                await _send(stream, out, timeout_s)
+            limit = settings.max_request_bytes
+            error = LimitExceededError(f"request line exceeds {limit} bytes", field="line", details={"limit": limit})
+            await _refuse_and_close(stream, error)
 
-    async def _request(self, line: bytes, authed: bool) -> tuple[dict[str, Any], bool]:
-        try:
-            request = json.loads(line, parse_constant=_refuse_constant)
-        except (ValueError, RecursionError) as exc:
-            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-            return _error(ParseError(f"line is not valid JSON: {reason}")), authed
-        if not isinstance(request, dict):
-            return _error(ParseError(f"line must be a JSON object, got {type(request).__name__}")), authed
+    async def _request(self, request: dict[str, Any] | ConveyorError, session: _Session) -> dict[str, Any]:
+        if isinstance(request, ConveyorError):
+            return _error(request)
         cmd = request.pop("cmd", None)
         if cmd is None:
-            return _error(ValidationError("cmd: Field required", field="cmd")), authed
+            return _error(ValidationError("cmd: Field required", field="cmd"))
         try:
             if cmd == "auth":
                 token = request.get("token")
-                self.auth.check(token if isinstance(token, str) else None)
-                return {"ok": True}, True
-            if not authed:
+                try:
+                    self.auth.check(token if isinstance(token, str) else None)
+                except UnauthorizedError:
+                    session.auth_failures += 1
+                    raise
+                session.authed = True
+                return {"ok": True}
+            if not session.authed:
                 raise UnauthorizedError('auth required: send {"cmd": "auth", "token": ...} first')
-            return await commands.execute(self.app, cmd, request), authed
+            return await commands.execute(self.app, cmd, request)
         except ConveyorError as exc:
-            return _error(exc), authed
+            return _error(exc)
         except Exception as exc:  # noqa: BLE001 - reported, and the connection stays usable
             log.exception("unexpected error in tcp command %r", cmd)
-            return _error(ConveyorError(f"internal error: {type(exc).__name__}")), authed
+            return _error(ConveyorError(f"internal error: {type(exc).__name__}"))
 
 
-async def _refuse_and_close(stream: SocketStream, limit: int) -> None:
-    """Reply to an over-long line, then discard what the client still sends before closing:
-    closing with unread input would reset the connection and lose the reply."""
-    error = LimitExceededError(f"request line exceeds {limit} bytes", field="line", details={"limit": limit})
+class _Session:
+    __slots__ = ("authed", "auth_failures")
+
+    def __init__(self, authed: bool) -> None:
+        self.authed = authed
+        self.auth_failures = 0
+
+
+def _parse(line: bytes) -> dict[str, Any] | ConveyorError:
+    """The request object on ``line``, or the error to answer it with."""
+    if not line.strip():
+        return ParseError("empty line: send one JSON object per line")
+    if b"\x00" in line:  # UTF-16/32, which json.loads would guess and accept: the protocol is UTF-8
+        return ParseError("line is not valid JSON: it holds a NUL byte (send UTF-8)")
+    try:
+        request = json.loads(line, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        return ParseError(f"line is not valid JSON: {reason}")
+    if not isinstance(request, dict):
+        return ParseError(f"line must be a JSON object, got {type(request).__name__}")
+    return request
+
+
+def _may_wait(request: dict[str, Any] | ConveyorError) -> bool:
+    return isinstance(request, dict) and request.get("cmd") == "pull" and bool(request.get("wait_ms"))
+
+
+async def _send(stream: SocketStream, data: bytearray, timeout_s: float) -> None:
+    for start in range(0, len(data), SEND_CHUNK):
+        with anyio.fail_after(timeout_s):
+            await stream.send(bytes(data[start : start + SEND_CHUNK]))
+
+
+def _fit_fd_limit(wanted: int) -> int:
+    """Raise the soft limit on open files (up to the hard limit) so ``wanted`` connections fit
+    beside `FD_HEADROOM` other descriptors; else the connection limit that fits."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    need = wanted + FD_HEADROOM
+    if soft < need:
+        raised = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+        except (OSError, ValueError):
+            pass
+    headroom = min(FD_HEADROOM, soft // 2)
+    if soft >= wanted + headroom:
+        return wanted
+    fitted = max(1, soft - headroom)
+    log.warning("tcp: open-file limit %d allows %d connections, not tcp_max_connections=%d", soft, fitted, wanted)
+    return fitted
+
+
+async def _refuse_and_close(stream: SocketStream, error: ConveyorError) -> None:
+    """Send ``error``, then discard what the client still sends before closing: closing with
+    unread input would reset the connection and lose the reply."""
     with anyio.move_on_after(1):
         try:
             await stream.send(_encode(_error(error)))

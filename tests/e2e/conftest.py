@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -25,13 +26,16 @@ LISTENING = re.compile(r"(\w+) listening on (\S+)")
 class Served:
     """One ``conveyor serve`` child process and what it printed."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None, nofile: int | None = None
+    ) -> None:
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")}
         child_env.update(env or {})
         self.args = args
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "serve", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env, cwd=cwd,
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)),
         )  # fmt: skip
         self.lines: list[str] = []
         self.addresses: dict[str, str] = {}
@@ -80,9 +84,14 @@ class Served:
         return self.proc.returncode
 
 
-def serve(storage: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Served:
-    """Start ``conveyor serve`` on ``storage`` with free ports and wait until it listens."""
-    served = Served(["--storage", storage, "--http-port", "0", "--tcp-port", "0", *args], env=env, cwd=cwd)
+def serve(
+    storage: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, nofile: int | None = None
+) -> Served:
+    """Start ``conveyor serve`` on ``storage`` with free ports and wait until it listens
+    (``nofile``: the limit on its open files, soft and hard)."""
+    served = Served(
+        ["--storage", storage, "--http-port", "0", "--tcp-port", "0", *args], env=env, cwd=cwd, nofile=nofile
+    )
     served.wait_listening()
     return served
 

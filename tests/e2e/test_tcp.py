@@ -186,7 +186,8 @@ def test_ack_batch_partial_failures(conn: Line, queue: str) -> None:
 def test_garbage_gets_errors_and_the_connection_stays_usable(conn: Line, queue: str) -> None:
     conn.send(b"not json\n", b"\x00\xff\xfe\x80garbage\n", b"[1, 2]\n", b'{"cmd": "explode"}\n', b'{"queue": "q"}\n',
               b'{"cmd": "push", "queue": "' + queue.encode() + b'", "name": "x", "data": NaN}\n',
-              b'{"cmd": "push", "queue": "' + queue.encode() + b'", "name": "x", "colour": 1}\n', b"\n")  # fmt: skip
+              b'{"cmd": "push", "queue": "' + queue.encode() + b'", "name": "x", "colour": 1}\n', b"\n", b" \r\n",
+              '{"cmd": "queues"}'.encode("utf-16") + b"\n", b'{"cmd": "push", "name": "x"}\n')  # fmt: skip
     assert err(conn.reply(), "PARSE_ERROR")["message"].startswith("line is not valid JSON")
     err(conn.reply(), "PARSE_ERROR")
     assert "JSON object" in err(conn.reply(), "PARSE_ERROR")["message"]
@@ -194,6 +195,10 @@ def test_garbage_gets_errors_and_the_connection_stays_usable(conn: Line, queue: 
     assert err(conn.reply(), "VALIDATION_ERROR")["details"]["field"] == "cmd"
     err(conn.reply(), "PARSE_ERROR")
     assert err(conn.reply(), "VALIDATION_ERROR")["details"]["field"] == "colour"
+    assert "empty line" in err(conn.reply(), "PARSE_ERROR")["message"]  # as RustQueue answers one
+    assert "empty line" in err(conn.reply(), "PARSE_ERROR")["message"]
+    assert "send UTF-8" in err(conn.reply(), "PARSE_ERROR")["message"]  # not guessed, as json.loads would
+    assert err(conn.reply(), "VALIDATION_ERROR")["details"]["field"] == "queue"  # was INTERNAL_ERROR
     assert ok(conn.call({"cmd": "stats", "queue": queue}))["counts"]["waiting"] == 0  # nothing stored, still usable
 
 

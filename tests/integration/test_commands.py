@@ -85,6 +85,18 @@ async def test_every_command_answers_in_its_documented_shape(app: Conveyor) -> N
     assert used == set(commands.COMMANDS), set(commands.COMMANDS) - used
 
 
+async def test_what_rustqueue_clients_rely_on(app: Conveyor) -> None:
+    """RustQueue's Go and Node clients read ``acked``/``failed`` counts from ``ack_batch``, and
+    its server records a ``fail`` without ``error`` as "unknown error"."""
+    ids = (await run(app, "push_batch", queue="rq", jobs=[{"name": "a"}, {"name": "b", "max_attempts": 1}]))["ids"]
+    await run(app, "pull", queue="rq", count=2)
+    acked = await run(app, "ack_batch", items=[{"id": ids[0]}, {"id": ids[0]}, 5, {"id": "nope"}])
+    assert (acked["acked"], acked["failed"]) == (1, 3)
+    assert [r["id"] for r in acked["results"]] == [ids[0], ids[0], None, "nope"]  # no id: null, not "None"
+    assert (await run(app, "fail", id=ids[1]))["state"] == "dlq"
+    assert (await run(app, "get", id=ids[1]))["job"]["last_error"] == "unknown error"
+
+
 async def test_unknown_and_missing_parameters_are_named(app: Conveyor) -> None:
     with pytest.raises(UnknownCommandError, match="'explode'"):
         await commands.execute(app, "explode", {})
@@ -92,8 +104,11 @@ async def test_unknown_and_missing_parameters_are_named(app: Conveyor) -> None:
         await commands.execute(app, "ack", {"id": "x", "reslt": 1})
     assert err.value.field == "reslt" and "unknown field" in err.value.message
     with pytest.raises(ValidationError) as err:
-        await commands.execute(app, "fail", {"id": "x"})
-    assert err.value.field == "error"
+        await commands.execute(app, "fail", {"error": "boom"})
+    assert err.value.field == "id"
+    with pytest.raises(ValidationError) as err:
+        await commands.execute(app, "push", {"name": "x"})  # HTTP takes the queue from the path; TCP must send it
+    assert err.value.field == "queue" and "required" in err.value.message
     with pytest.raises(ValidationError) as err:
         await commands.execute(app, "pull", [])
     assert "JSON object" in err.value.message
