@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -55,7 +56,12 @@ def _json_arg(text: str) -> Any:
 async def run(args: argparse.Namespace) -> int:
     url = args.url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
     token = args.token or os.environ.get("CONVEYOR_TOKEN")
-    embedded = "://" in url and url.split("://")[0] in ("sqlite", "postgresql", "postgres")
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    embedded = scheme in ("sqlite", "postgresql", "postgres")
+    if scheme == "sqlite" and args.command != "push":
+        path = url.split("://", 1)[1].removeprefix("/").split("?", 1)[0]
+        if path and path != ":memory:" and not Path(path).exists():
+            raise ValidationError(f"no database at {path!r}: only push creates one (check --url)", field="url")
     options: dict[str, Any] = {"maintenance": False} if embedded else {"token": token}
     async with connect(url, **options) as queue:
         return await _command(queue, args)
@@ -95,7 +101,10 @@ async def _command(q: Any, args: argparse.Namespace) -> int:
         status = await q.flow(args.flow_id)
         rows = [[str(j.id), j.queue, j.name, j.state.value, j.attempt, (j.last_error or "")[:40]] for j in status.jobs]
         summary = ", ".join(f"{k} {v}" for k, v in status.summary.model_dump().items() if v and k != "total")
-        text = _table(["id", "queue", "name", "state", "attempts", "last error"], rows) if rows else "no such flow"
+        if not rows:
+            out.value(status, f"flow {args.flow_id} not found")
+            return 1
+        text = _table(["id", "queue", "name", "state", "attempts", "last error"], rows)
         out.value(status, f"{text}\n\n{status.summary.total} jobs: {summary or 'none'}")
     return 0
 

@@ -153,6 +153,10 @@ def check_queue_name(queue: Any, field: str = "queue") -> str:
             f"{field} {queue[:64]!r} is invalid: use 1-{MAX_QUEUE_NAME_BYTES} bytes of letters, digits and . _ : -",
             field=field,
         )
+    if not queue.strip("."):
+        raise ValidationError(
+            f"{field} {queue!r} is invalid: it must not be only dots (it appears in URLs)", field=field
+        )
     return queue
 
 

@@ -122,9 +122,10 @@ class Conveyor(TaskHost):
         storage = self._given_storage or self.hook.conveyor_storage(app=self, url=self.settings.storage)
         if storage is None:
             scheme = self.settings.storage.split(":", 1)[0]
-            raise PluginError(
+            raise ValidationError(
                 f"no storage plugin handles {scheme!r} URLs (storage={self.settings.storage!r}); "
-                "built in: sqlite:///path, postgresql://..."
+                "built in: sqlite:///path, postgresql://... (clients: http://host:6790, tcp://host:6789)",
+                field="storage",
             )
         if not isinstance(storage, Storage):
             raise PluginError(f"storage hook returned {storage!r}, which is not a conveyor.Storage")

@@ -14,7 +14,7 @@ import anyio
 from . import _cli_client, _cli_worker
 from .app import Conveyor
 from .config import Settings
-from .errors import ConveyorError
+from .errors import ClientConnectionError, ConveyorError
 from .server import serve
 
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error is None:
             raise
         print(f"conveyor: {error.code}: {error.message}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(error, ClientConnectionError) else 2
 
 
 def _conveyor_error(exc: BaseException) -> ConveyorError | None:

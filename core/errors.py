@@ -7,6 +7,7 @@ can rebuild the same exception class from the code with `error_for_code`.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -142,10 +143,24 @@ _BY_CODE: dict[str, type[ConveyorError]] = {
 def error_for_code(
     code: str, message: str, details: dict[str, Any] | None = None, http_status: int | None = None
 ) -> ConveyorError:
-    """Rebuild the exception a server raised from its wire envelope."""
-    cls = _BY_CODE.get(code, ConveyorError)
+    """Rebuild the exception a server raised from its wire envelope. A code this kernel does
+    not know (``NOT_FOUND`` for a route, or a newer server's) keeps its code and status."""
+    cls = _BY_CODE.get(code) or _other_code(code, http_status)
     if cls is ValidationError and (http_status == 413 or "limit" in (details or {})):
         cls = LimitExceededError  # size-limit errors carry their limit (TCP has no status to tell)
     if issubclass(cls, ValidationError):
         return cls(message, field=(details or {}).get("field"), details=details)
     return cls(message, details=details)
+
+
+_OTHER_CODES: dict[tuple[str, int], type[ConveyorError]] = {}
+
+
+def _other_code(code: str, http_status: int | None) -> type[ConveyorError]:
+    if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", code) or len(_OTHER_CODES) >= 64:
+        return ConveyorError  # not a wire code, or a server inventing codes without end
+    key = (code, http_status or 500)
+    if key not in _OTHER_CODES:
+        name = "".join(part.title() for part in code.split("_")) + "Error"
+        _OTHER_CODES[key] = type(name, (ConveyorError,), {"code": code, "http_status": key[1], "__module__": __name__})
+    return _OTHER_CODES[key]

@@ -97,10 +97,6 @@ def build_schedule(spec: ScheduleSpec | dict[str, Any], now_ms: int) -> Schedule
     matching time for ``cron_expr``."""
     spec = limits.parse(ScheduleSpec, spec)
     limits.check_queue_name(spec.name, "name")
-    if not spec.name.strip("."):
-        raise ValidationError(
-            f"name {spec.name!r} is invalid: it must not be only dots (it appears in URLs)", field="name"
-        )
     limits.check_queue_name(spec.queue)
     if (spec.cron_expr is None) == (spec.every_ms is None):
         raise ValidationError("give exactly one of cron_expr and every_ms", field="cron_expr")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -12,10 +13,22 @@ from ..errors import ClientConnectionError, ValidationError, error_for_code
 
 def _path(value: Any, field: str) -> str:
     """A path segment; an empty one cannot be sent, so it is refused here as the server
-    would refuse it."""
+    would refuse it. Slashes are escaped (the server's routes decode them back), and so is a
+    segment of dots, which URL normalization would otherwise resolve away."""
     if value is None or value == "":
         raise ValidationError(f"{field} must be a non-empty string", field=field)
-    return quote(str(value), safe="")
+    text = str(value)
+    return "%2E" * len(text) if not text.strip(".") else quote(text, safe="")
+
+
+def _body(value: Any) -> bytes:
+    """JSON as the TCP client sends it: UTF-8, and text UTF-8 cannot hold (a lone surrogate)
+    escaped, so the server refuses it by field as the embedded API does."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] | None]:
@@ -63,12 +76,15 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
     raise ValueError(f"no HTTP route for command {cmd!r}")
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 class HttpTransport:
     """Keep-alive connections to ``base_url`` (``http://host:6790``), bearer ``token`` when
     given. httpx reconnects by itself; a failed request raises `ClientConnectionError`."""
 
     def __init__(self, base_url: str, *, token: str | None = None, timeout_s: float = 30.0) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = base_url.rstrip("/").removesuffix("/api/v1")  # the API's own address works too
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self._headers = headers
@@ -91,8 +107,9 @@ class HttpTransport:
         method, path, body, query = _route(cmd, dict(params))
         try:
             response = await self._client.request(
-                method, path, json=body, params=query, timeout=self.timeout_s + wait_s
-            )
+                method, path, params=query, timeout=self.timeout_s + wait_s,
+                content=None if body is None else _body(body), headers=None if body is None else _JSON,
+            )  # fmt: skip
         except httpx.HTTPError as exc:
             raise ClientConnectionError(f"{method} {self.base_url}{path} failed: {exc!r}") from None
         try:

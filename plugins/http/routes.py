@@ -258,7 +258,7 @@ async def submit_flow(request: Request) -> Response:
     return await _run(request, "submit_flow", _merge(body), 201)
 
 
-@router.get("/flows/{flow_id}", response_model=wire.FlowStatusResponse, summary="A flow's jobs and counts")
+@router.get("/flows/{flow_id:path}", response_model=wire.FlowStatusResponse, summary="A flow's jobs and counts")
 async def flow_status(request: Request, flow_id: str) -> Response:
     return await _run(request, "flow", {"flow_id": flow_id})
 

@@ -62,6 +62,14 @@ def test_errors_and_exit_codes(server: Served, tmp_path: Path) -> None:
     bad = cli("push", "q", "x", "--options", '{"priorty": 1}', "--url", url, "--token", "t0k")
     assert bad.returncode == 2 and "VALIDATION_ERROR: options.priorty: unknown field" in bad.stderr
     down = cli("queues", "--url", "tcp://127.0.0.1:1")
-    assert down.returncode == 2 and "CONNECTION_ERROR" in down.stderr
+    assert down.returncode == 3 and "CONNECTION_ERROR" in down.stderr  # unreachable: told apart from refused
+    no_flow = cli("flow", "no-such-flow", "--url", url, "--token", "t0k")
+    assert no_flow.returncode == 1 and "not found" in no_flow.stdout  # as get answers a missing job
+    api_url = cli("queues", "--url", url + "/api/v1/", "--token", "t0k")  # the API's own address works
+    assert api_url.returncode == 0, api_url.stderr
+    typo = cli("stats", "--url", f"sqlite:///{tmp_path / 'typo.db'}")
+    assert typo.returncode == 2 and "no database at" in typo.stderr and not (tmp_path / "typo.db").exists()
+    scheme = cli("queues", "--url", "htp://127.0.0.1:6790")
+    assert scheme.returncode == 2 and "VALIDATION_ERROR: no storage plugin handles 'htp'" in scheme.stderr
     embedded = cli("push", "local", "job", "--url", f"sqlite:///{tmp_path / 'local.db'}")
     assert embedded.returncode == 0 and len(embedded.stdout.strip()) == 36

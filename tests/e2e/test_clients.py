@@ -94,9 +94,63 @@ async def test_unreachable_and_silent_servers_fail_fast_and_clearly() -> None:
     with socket.socket() as silent:  # accepts connections, never answers
         silent.bind(("127.0.0.1", 0))
         silent.listen()
-        async with conveyor.connect(f"tcp://127.0.0.1:{silent.getsockname()[1]}", timeout_s=0.5) as q:
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        async with conveyor.connect(address, timeout_s=0.5) as q:
             with pytest.raises(ClientConnectionError, match="no reply"):
                 await q.queues()
+        async with conveyor.connect(address, token="k", timeout_s=0.5) as q:  # the timeout hits the auth
+            with pytest.raises(ClientConnectionError, match="no reply"):  # was a bare AssertionError
+                await q.queues()
+
+
+@pytest.mark.parametrize("transport", ["http", "tcp"])
+async def test_a_long_poll_does_not_hold_up_other_calls_of_the_client(server: Any, transport: str) -> None:
+    """The server answers one connection's requests in order, so the TCP client gives each
+    long-poll a connection of its own; other calls, and other long-polls, go on meanwhile."""
+    async with conveyor.connect(server.addresses[transport], token="k") as q:
+        got: dict[str, list[Any]] = {}
+
+        async def consume(queue: str) -> None:
+            got[queue] = await q.pull(queue, wait_ms=30_000)
+
+        async with anyio.create_task_group() as tg:
+            for queue in ("lp-a", "lp-b", "lp-c"):
+                tg.start_soon(consume, queue)
+            await anyio.sleep(0.2)  # the pulls are waiting (if not, they find the job at once: fine too)
+            assert (await q.stats("lp-c")).waiting == 0
+            job_id = await q.push("lp-c", "wake")  # would wait 30 s behind the pulls on one connection
+            await q.push("lp-a", "wake-a")
+            await q.push("lp-b", "wake-b")
+        assert [job.id for job in got["lp-c"]] == [job_id]
+        assert [job.name for job in got["lp-a"]] == ["wake-a"] and [job.name for job in got["lp-b"]] == ["wake-b"]
+
+
+async def test_the_tcp_client_carries_on_after_the_server_refuses_an_oversize_line(server: Any) -> None:
+    async with conveyor.connect(server.addresses["tcp"], token="k") as q:
+        with pytest.raises(LimitExceededError) as err:
+            await q.push("big", "b", {"blob": "x" * (3 * 1024 * 1024)})  # over the 2 MiB line limit
+        assert err.value.field == "line"
+        assert (await q.stats("big")).waiting == 0  # on a new connection: the server closed the old one
+
+
+@pytest.mark.parametrize("transport", ["http", "tcp"])
+async def test_text_utf8_cannot_hold_is_refused_by_field(server: Any, transport: str) -> None:
+    async with conveyor.connect(server.addresses[transport], token="k") as q:
+        with pytest.raises(ValidationError) as err:
+            await q.push("surrogates", "s", {"text": "\ud800"})  # a lone surrogate
+        assert err.value.field == "data" and "lone surrogate" in err.value.message
+
+
+@pytest.mark.parametrize("transport", ["http", "tcp"])
+async def test_flow_ids_with_slashes_and_dots_reach_their_flow(server: Any, transport: str) -> None:
+    async with conveyor.connect(server.addresses[transport], token="k") as q:
+        for flow_id in (f"org/repo#{transport}", "..", f"a b/../{transport}?x=1"):
+            job_id = await q.push(f"flows-{transport}", "step", options={"flow_id": flow_id})
+            status = await q.flow(flow_id)
+            assert job_id in [job.id for job in status.jobs], flow_id
+        with pytest.raises(ValidationError) as err:
+            await q.push("..", "dots")  # a queue name of only dots cannot be part of a URL
+        assert err.value.field == "queue"
 
 
 async def test_the_tcp_client_reconnects_after_a_server_restart(tmp_path: Path) -> None:

@@ -50,14 +50,15 @@ async def test_hook_conveyor_storage() -> None:
         assert plugin.urls == ["memo://anything"]
     finally:
         app.pm.unregister(plugin)
-    with pytest.raises(PluginError, match="'memo'"):
+    with pytest.raises(ValidationError, match="'memo'") as err:
         await Conveyor("memo://x", plugin_autoload=False).open()
+    assert err.value.field == "storage"
 
 
 async def test_blocking_the_builtin_sql_plugin_leaves_no_storage() -> None:
     app = Conveyor("sqlite:///:memory:", disable_plugins=["sql"], plugin_autoload=False)
     assert app.pm.get_plugin("sql") is None and app.pm.is_blocked("sql")
-    with pytest.raises(PluginError, match="no storage plugin handles 'sqlite'"):
+    with pytest.raises(ValidationError, match="no storage plugin handles 'sqlite'"):
         await app.open()
 
 

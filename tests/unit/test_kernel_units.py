@@ -378,3 +378,13 @@ def test_a_build_error_is_located_in_a_batch_and_keeps_its_cause_outside_one() -
         with pytest.raises(ValidationError) as in_batch:
             builder.build_item("q", body, 0, "jobs[2]")
         assert in_batch.value.field == "jobs[2].data" and in_batch.value.message.startswith("jobs[2].data")
+
+
+def test_a_wire_code_the_kernel_does_not_know_keeps_its_code_and_status() -> None:
+    from conveyor.errors import ConveyorError, JobNotFoundError, error_for_code
+
+    route = error_for_code("NOT_FOUND", "no route GET /x", {}, 404)
+    assert (route.code, route.http_status, type(route).__name__) == ("NOT_FOUND", 404, "NotFoundError")
+    assert isinstance(route, ConveyorError) and type(error_for_code("NOT_FOUND", "again", {}, 404)) is type(route)
+    assert type(error_for_code("JOB_NOT_FOUND", "gone")) is JobNotFoundError
+    assert error_for_code("not a code!", "x").code == "INTERNAL_ERROR"
