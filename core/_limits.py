@@ -32,6 +32,7 @@ MAX_PULL_COUNT = 1000
 MAX_LIST_LIMIT = 1000
 MAX_FLOW_JOBS = 100_000
 MAX_WORKER_ID_BYTES = 256
+MAX_WAIT_MS = 300_000
 MAX_JSON_DEPTH = 200
 """Nesting levels in ``data``, ``result`` and ``metadata``: what the JSON parser and the
 serializer of every protocol handle (a job nested deeper could be stored but never sent)."""
@@ -91,11 +92,7 @@ def check_json_bytes(field: str, value: Any, limit: int) -> str:
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from exc
     check_bytes(field, text, limit)
-    if _KEY_FROM_NON_STR.search(text) and (key := _colliding_key(value)) is not None:
-        raise ValidationError(
-            f"{field} has two keys that both become {key!r} in JSON; one of them would be lost",
-            field=field,
-        )
+    check_keys_survive(field, value, text)
     # Depth is at most the number of opening brackets (a few per job, usually): parse only
     # when there are enough of them to go that deep.
     if len(text) > 2 * MAX_JSON_DEPTH and text.count("[") + text.count("{") > MAX_JSON_DEPTH:
@@ -106,6 +103,16 @@ def check_json_bytes(field: str, value: Any, limit: int) -> str:
                 raise _too_deep(field) from None
             raise
     return text
+
+
+def check_keys_survive(field: str, value: Any, text: str) -> None:
+    """Refuse ``value`` (serialized as ``text``) if two keys of one of its dicts become the
+    same JSON string (``1`` and ``"1"``): the text would hold the key twice, and reading it
+    back would keep one value."""
+    if _KEY_FROM_NON_STR.search(text) and (key := _colliding_key(value)) is not None:
+        raise ValidationError(
+            f"{field} has two keys that both become {key!r} in JSON; one of them would be lost", field=field
+        )
 
 
 _KEY_FROM_NON_STR = re.compile(r'"(?:-?[0-9][0-9.e+-]*|true|false|null)":')
@@ -166,6 +173,20 @@ def check_count(value: Any, field: str, maximum: int, minimum: int = 1) -> int:
     if not minimum <= value <= maximum:
         raise ValidationError(f"{field} must be between {minimum} and {maximum}, got {value}", field=field)
     return value
+
+
+def check_pull(queue: Any, count: Any, wait_ms: Any) -> None:
+    """A pull's arguments (the embedded API and the clients check them alike: HTTP's query
+    string would turn ``"5"`` into 5)."""
+    check_queue_name(queue)
+    check_count(count, "count", MAX_PULL_COUNT)
+    check_count(wait_ms, "wait_ms", MAX_WAIT_MS, minimum=0)
+
+
+def check_progress(progress: Any) -> None:
+    """A number (NaN is not; infinities are, and are clamped to 0-100 like any other)."""
+    if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress != progress:
+        raise ValidationError("progress must be a number from 0 to 100", field="progress")
 
 
 def check_job_id(value: Any, field: str = "id") -> UUID:

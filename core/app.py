@@ -57,7 +57,6 @@ from .workers import WorkerRegistry
 T = TypeVar("T")
 
 log = logging.getLogger("conveyor")
-MAX_WAIT_MS = 300_000
 
 
 MINUTE_MS = 60_000
@@ -150,7 +149,9 @@ class Conveyor(TaskHost):
             await self._tg.__aenter__()
             self.events.start(self._tg)  # only schedules tasks: nothing here can fail half-way
             if self.settings.maintenance:
-                self._tg.start_soon(self._maintain, name="conveyor-maintenance")
+                # The scope is made now: `close` may come before the task first runs.
+                self._maintenance_scope = anyio.CancelScope()
+                self._tg.start_soon(self._maintain, self._maintenance_scope, name="conveyor-maintenance")
         except BaseException:
             await self._storage.close()
             self._storage = None
@@ -162,6 +163,7 @@ class Conveyor(TaskHost):
             return
         if self._maintenance_scope is not None:
             self._maintenance_scope.cancel()
+            self._maintenance_scope = None
         await self.events.close()
         tg, self._tg = self._tg, None
         if tg is not None:
@@ -177,9 +179,8 @@ class Conveyor(TaskHost):
     ) -> None:
         await self.close()
 
-    async def _maintain(self) -> None:
-        with anyio.CancelScope() as scope:
-            self._maintenance_scope = scope
+    async def _maintain(self, scope: anyio.CancelScope) -> None:
+        with scope:
             await maintenance.run_forever(self)
 
     async def run_maintenance(self) -> maintenance.SweepReport:
@@ -273,9 +274,7 @@ class Conveyor(TaskHost):
         self, claim: Callable[[str, int, int, str | None], Awaitable[list[T]]],
         queue: str, count: int, worker_id: str | None, wait_ms: int,
     ) -> list[T]:  # fmt: skip
-        limits.check_queue_name(queue)
-        limits.check_count(count, "count", limits.MAX_PULL_COUNT)
-        limits.check_count(wait_ms, "wait_ms", MAX_WAIT_MS, minimum=0)
+        limits.check_pull(queue, count, wait_ms)
         _check_worker(worker_id)
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
@@ -382,8 +381,7 @@ class Conveyor(TaskHost):
     ) -> None:
         """Report progress (clamped to 0-100); ``message`` is appended to the job's logs."""
         job_id = limits.check_job_id(job_id)
-        if isinstance(progress, bool) or not isinstance(progress, (int, float)) or progress != progress:
-            raise ValidationError("progress must be a number from 0 to 100", field="progress")
+        limits.check_progress(progress)
         limits.check_optional_text("message", message, limits.MAX_LOG_MESSAGE_BYTES)
         _check_worker(worker_id)
         value = lifecycle.clamp_progress(progress)

@@ -10,8 +10,11 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from .. import _limits as limits
 from ..errors import JobNotFoundError, ValidationError
+from ..lifecycle import clamp_progress
 from ..models import (
+    OPTION_FIELDS,
     AckItem,
     AckResult,
     FailOutcome,
@@ -50,9 +53,25 @@ def _jsonable(value: Any, field: str) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
     try:
-        return json.loads(json.dumps(value, default=_encode_default, allow_nan=False))
+        text = json.dumps(value, default=_encode_default, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from None
+    limits.check_keys_survive(field, value, text)
+    return json.loads(text)
+
+
+def _job_body(job: Any, where: str = "") -> Any:
+    """A job as the server will parse it, each field checked under the name the embedded API
+    gives it (``data``, ``options.metadata``, ``jobs[3].data``)."""
+    if isinstance(job, BaseModel) or not isinstance(job, dict):
+        return _jsonable(job, where.rstrip(".") or "job")
+    body: dict[str, Any] = {}
+    for key, value in job.items():
+        if key == "options" and isinstance(value, dict):
+            body[key] = {k: _jsonable(v, f"{where}options.{k}") for k, v in value.items()}
+        else:
+            body[key] = _jsonable(value, f"{where}options.{key}" if key in OPTION_FIELDS else f"{where}{key}")
+    return body
 
 
 def _encode_default(value: Any) -> Any:
@@ -61,6 +80,12 @@ def _encode_default(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", exclude_unset=True)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _ack_item(item: Any, where: str) -> Any:
+    if isinstance(item, dict):  # a bad item is the server's to refuse, in its own result
+        return {key: _jsonable(value, f"{where}.{key}") for key, value in item.items()}
+    return _jsonable(item, where)
 
 
 def _id(job_id: UUID | str) -> str:
@@ -111,7 +136,7 @@ class Client(TaskHost):
         return await self.push_job(queue, body)
 
     async def push_job(self, queue: str, job: JobSpec | dict[str, Any]) -> UUID:
-        body = _jsonable(job, "job")
+        body = _job_body(job)
         if not isinstance(body, dict):
             raise ValidationError("job must be an object", field="job")
         if body.get("queue", queue) != queue:
@@ -120,11 +145,15 @@ class Client(TaskHost):
         return UUID(reply["id"])
 
     async def push_batch(self, queue: str, jobs: Sequence[JobSpec | dict[str, Any]]) -> list[UUID]:
-        reply = await self._call("push_batch", queue=queue, jobs=list(jobs))
+        if not isinstance(jobs, (list, tuple)):
+            raise ValidationError("jobs must be a list of job objects", field="jobs")
+        bodies = [_job_body(job, f"jobs[{index}].") for index, job in enumerate(jobs)]
+        reply = await self.transport.call("push_batch", {"queue": queue, "jobs": bodies})
         return [UUID(job_id) for job_id in reply["ids"]]
 
     async def pull(self, queue: str, count: int = 1, *, worker_id: str | None = None, wait_ms: int = 0) -> list[Job]:
-        wait_s = wait_ms / 1000 if isinstance(wait_ms, int) and wait_ms > 0 else 0
+        limits.check_pull(queue, count, wait_ms)
+        wait_s = wait_ms / 1000
         reply = await self._call("pull", wait_s, queue=queue, count=count, worker_id=worker_id, wait_ms=wait_ms or None)
         jobs = reply.get("jobs")
         if jobs is None:
@@ -137,7 +166,10 @@ class Client(TaskHost):
     async def ack_batch(
         self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
     ) -> list[AckResult]:
-        reply = await self._call("ack_batch", items=list(items), worker_id=worker_id)
+        if not isinstance(items, (list, tuple)):
+            raise ValidationError("items must be a list of {id, result} objects", field="items")
+        sent = [_ack_item(item, f"items[{index}]") for index, item in enumerate(items)]
+        reply = await self._call("ack_batch", items=sent, worker_id=worker_id)
         return [AckResult.model_validate(result) for result in reply["results"]]
 
     async def fail(self, job_id: UUID | str, error: str, *, worker_id: str | None = None) -> FailOutcome:
@@ -150,6 +182,8 @@ class Client(TaskHost):
     async def progress(
         self, job_id: UUID | str, progress: int | float, message: str | None = None, *, worker_id: str | None = None
     ) -> None:
+        limits.check_progress(progress)
+        progress = clamp_progress(progress)  # as the server would: JSON has no infinities to send
         await self._call("progress", id=_id(job_id), progress=progress, message=message, worker_id=worker_id)
 
     async def heartbeat(self, job_id: UUID | str, *, worker_id: str | None = None) -> None:

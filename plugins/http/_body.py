@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import Request
 
 from conveyor.errors import LimitExceededError, ValidationError
+
+DISCARD_LIMITS = 4
+DISCARD_S = 1.0
 
 
 class UnsupportedMediaTypeError(ValidationError):
@@ -51,9 +56,11 @@ async def read_json(request: Request, limit: int) -> Any:
         raw = await request.body()
     else:
         chunks, size = [], 0
-        async for chunk in request.stream():
+        stream = request.stream()
+        async for chunk in stream:
             size += len(chunk)
             if size > limit:
+                await _discard_rest(stream, limit)
                 raise _too_large(size, limit, at_least=True)
             chunks.append(chunk)
         raw = b"".join(chunks)
@@ -64,6 +71,18 @@ async def read_json(request: Request, limit: int) -> Any:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ValidationError(f"request body is not valid JSON: {reason}", field="body") from None
+
+
+async def _discard_rest(stream: AsyncIterator[bytes], limit: int) -> None:
+    """Read and drop what the client is still sending (up to ``DISCARD_LIMITS`` x ``limit``
+    bytes or `DISCARD_S`): closing on unread input would reset the connection, and the client
+    would see the reset instead of the 413."""
+    dropped = 0
+    with anyio.move_on_after(DISCARD_S):
+        async for chunk in stream:
+            dropped += len(chunk)
+            if dropped > DISCARD_LIMITS * limit:
+                return
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceededError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anyio
 import pytest
 
 from conveyor import Conveyor, JobState
@@ -91,3 +92,12 @@ async def test_the_embedded_loop_recovers_a_stalled_job(file_url: str) -> None:
         assert redelivered[0].attempt == 1 and redelivered[0].worker_id == "survivor"
         await app.ack(job_id, "done")
         assert (await app.get(job_id)).state is JobState.COMPLETED  # type: ignore[union-attr]
+
+
+async def test_an_app_closed_right_after_it_opened_closes(storage_url: str) -> None:
+    """``close`` before the maintenance task has first run used to miss its cancel scope, and
+    the loop then ran for ever: ``async with Conveyor(url): pass`` never returned."""
+    with anyio.fail_after(60):  # a guard against the hang, not a speed check
+        for _ in range(3):
+            async with Conveyor(storage_url, plugin_autoload=False, maintenance_interval_ms=60_000):
+                pass
