@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -23,6 +23,18 @@ from .tables import event_consumers, events
 
 EVENTS_KEY = "\x00events"
 """The `Wakeups` key for appended events: no queue name can contain NUL."""
+
+
+_APPEND = (
+    f"WITH appended AS (INSERT INTO {events.name} (payload, created_at) "
+    "SELECT p.event::text, %(now)s FROM (SELECT pg_advisory_xact_lock(%(key)s)) AS locked, "
+    "json_array_elements(%(events)s::json) WITH ORDINALITY AS p(event, n) ORDER BY p.n RETURNING seq) "
+    "SELECT pg_notify(%(channel)s, %(note)s)"
+)
+"""One statement and one parameter: the batch as one JSON array, split by PostgreSQL (``json``
+keeps each element's text as sent). The lock is taken before the first row is made, so before
+any sequence number is drawn; rows get their numbers in batch order; the NOTIFY goes out on
+commit."""
 
 
 class PostgresEventLog(EventLog):
@@ -47,13 +59,11 @@ class PostgresEventLog(EventLog):
     async def append(self, batch: Sequence[dict[str, Any]], now_ms: int) -> None:
         if not batch:
             return
-        channel, payload = self._notify()
-        async with self._open_engine().begin() as conn:
-            await conn.execute(select(func.pg_advisory_xact_lock(self._lock_key)))
-            await conn.execute(
-                insert(events), [{"payload": json.dumps(event), "created_at": now_ms} for event in batch]
-            )
-            await conn.execute(select(func.pg_notify(channel, payload)))
+        channel, note = self._notify()
+        params = {"key": self._lock_key, "events": json.dumps(batch), "now": now_ms, "channel": channel, "note": note}
+        async with self._open_engine().connect() as conn:
+            await conn.exec_driver_sql(_APPEND, params)
+            await conn.commit()
 
     async def last_seq(self) -> int:
         async with self._open_engine().connect() as conn:
