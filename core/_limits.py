@@ -66,6 +66,12 @@ def dumps(value: Any) -> str:
     return "".join(encode(value, 0))
 
 
+def printable(text: str) -> str:
+    """``text`` safe to put in an error message: a lone surrogate (JSON can carry one) shown
+    as its escape instead of making the reply unencodable."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def check_bytes(field: str, text: str, limit: int) -> None:
     """A plain-text field: at most ``limit`` UTF-8 bytes and no NUL character (PostgreSQL text
     cannot hold one, and both backends must accept the same input)."""
@@ -224,7 +230,7 @@ def parse(model: type[M], value: Any, what: str = "") -> M:
 def validation_error(exc: pydantic.ValidationError, prefix: str = "") -> ValidationError:
     errors: list[dict[str, str | None]] = []
     for err in exc.errors(include_url=False, include_context=False, include_input=False):
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("function-before",))
+        loc = printable(".".join(str(p) for p in err["loc"] if p not in ("function-before",)))
         path = ".".join(p for p in (prefix, loc) if p)
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":

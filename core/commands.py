@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from . import _limits as limits
 from . import wire
 from .errors import JobNotFoundError, UnknownCommandError, ValidationError
 from .models import OPTION_FIELDS
@@ -73,15 +74,15 @@ async def execute(app: Conveyor, name: str, params: Any) -> Reply:
     and `ValidationError` for an unknown or missing parameter, before anything runs."""
     command = COMMANDS.get(name) if isinstance(name, str) else None
     if command is None:
-        shown = str(name)[:64].encode("utf-8", "backslashreplace").decode()  # JSON may carry lone surrogates
+        shown = limits.printable(str(name)[:64])
         raise UnknownCommandError(
             f"unknown command {shown!r}; known: {', '.join(sorted(COMMANDS))}", details={"cmd": shown}
         )
     if not isinstance(params, dict):
         raise ValidationError(f"{name}: parameters must be a JSON object, got {type(params).__name__}")
     if unknown := params.keys() - command.allowed:
-        first = sorted(unknown)[0]
-        raise ValidationError(f"{first}: unknown field", field=first, details={"unknown": sorted(unknown)})
+        names = sorted(limits.printable(str(key)) for key in unknown)
+        raise ValidationError(f"{names[0]}: unknown field", field=names[0], details={"unknown": names})
     for key in command.required:
         if key not in params:
             raise ValidationError(f"{key}: Field required", field=key)

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from ..errors import ClientConnectionError, error_for_code
+from ..errors import ClientConnectionError, LimitExceededError, error_for_code
 
 READ_CHUNK = 65536
 MAX_SPARE = 16
@@ -31,8 +31,8 @@ class _Pending:
 class _Connection:
     """One socket: requests written in order under a lock, replies matched in order."""
 
-    def __init__(self, stream: SocketStream, address: str) -> None:
-        self.stream, self.address = stream, address
+    def __init__(self, stream: SocketStream, address: str, write_timeout_s: float) -> None:
+        self.stream, self.address, self.write_timeout_s = stream, address, write_timeout_s
         self.waiting: deque[_Pending] = deque()
         self.send_lock = anyio.Lock()
         self.usable = True
@@ -43,11 +43,15 @@ class _Connection:
         async with self.send_lock:
             if not self.usable:
                 raise ClientConnectionError(f"connection to {self.address} was closed")
-            self.waiting.append(pending)
-            try:
-                await self.stream.send(line)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                await self.drop(ClientConnectionError(f"connection to {self.address} lost: {exc!r}"))
+            # Queued and written as one step that no cancellation splits: a call queued but never
+            # written would be handed the reply of the call after it, and so on down the line.
+            with anyio.CancelScope(shield=True):
+                self.waiting.append(pending)
+                try:
+                    with anyio.fail_after(self.write_timeout_s):
+                        await self.stream.send(line)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError) as exc:
+                    await self.drop(ClientConnectionError(f"connection to {self.address} lost: {exc!r}"))
         return pending
 
     async def read(self) -> None:
@@ -61,8 +65,8 @@ class _Connection:
                     self._resolve(json.loads(line))
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
-        except ValueError as exc:
-            error = ClientConnectionError(f"{self.address} sent a line that is not a reply: {exc}")
+        except (ValueError, RecursionError) as exc:
+            error = ClientConnectionError(f"{self.address} sent a line that is not a reply: {exc!r}"[:500])
         await self.drop(error)
 
     def _resolve(self, reply: Any) -> None:
@@ -75,10 +79,9 @@ class _Connection:
             error = reply.get("error") if isinstance(reply, dict) else None
             if not isinstance(error, dict):
                 error = {"code": "INTERNAL_ERROR", "message": f"malformed reply: {str(reply)[:200]}"}
-            details = error.get("details")
-            pending.error = error_for_code(str(error.get("code")), str(error.get("message")), details)
-            if isinstance(details, dict) and details.get("field") == "line":
-                self.usable = False  # the server refused an over-long line and is closing
+            pending.error = error_for_code(str(error.get("code")), str(error.get("message")), error.get("details"))
+            if isinstance(pending.error, LimitExceededError) and pending.error.field == "line":
+                self.usable = False  # the server refused an over-long line and is closing the connection
         pending.done.set()
 
     async def drop(self, error: BaseException) -> None:
@@ -103,6 +106,8 @@ class TcpTransport:
         self._main: _Connection | None = None
         self._main_lock = anyio.Lock()
         self._spare: list[_Connection] = []
+        self._polling: set[_Connection] = set()
+        """Long-poll connections with a call in flight: `close` fails those calls at once."""
         self._tg: TaskGroup | None = None
         self._closed = False
 
@@ -120,7 +125,8 @@ class TcpTransport:
         closing = ClientConnectionError("client closed")
         main, self._main = self._main, None
         spare, self._spare = self._spare, []
-        for conn in [*([main] if main else []), *spare]:
+        polling, self._polling = self._polling, set()
+        for conn in [*([main] if main else []), *spare, *polling]:
             await conn.drop(closing)
         tg, self._tg = self._tg, None
         if tg is not None:
@@ -133,7 +139,11 @@ class TcpTransport:
         pending: _Pending | None = None
         try:
             with anyio.move_on_after(self.timeout_s + wait_s):
-                conn = await (self._long_poll_connection() if wait_s > 0 else self._main_connection())
+                if wait_s > 0:
+                    conn = await self._long_poll_connection()
+                    self._polling.add(conn)
+                else:
+                    conn = await self._main_connection()
                 pending = await conn.send(line)
                 await pending.done.wait()
         except BaseException:
@@ -142,6 +152,9 @@ class TcpTransport:
             if wait_s > 0 and conn is not None and not (pending is not None and pending.done.is_set()):
                 await conn.drop(ClientConnectionError("call cancelled"))
             raise
+        finally:
+            if conn is not None:
+                self._polling.discard(conn)
         if pending is None or not pending.done.is_set():  # timed out, connecting or waiting
             error = ClientConnectionError(f"no reply from {self._address} within {self.timeout_s + wait_s:g} s")
             if conn is not None:
@@ -180,11 +193,15 @@ class TcpTransport:
             stream = await anyio.connect_tcp(self.host, self.port)
         except OSError as exc:
             raise ClientConnectionError(f"cannot connect to {self._address}: {exc.strerror or exc}") from None
-        conn = _Connection(stream, self._address)
+        conn = _Connection(stream, self._address, self.timeout_s)
         self._tg.start_soon(conn.read)
         if self.token is not None:
-            auth = await conn.send(_line({"cmd": "auth", "token": self.token}))
-            await auth.done.wait()
+            try:
+                auth = await conn.send(_line({"cmd": "auth", "token": self.token}))
+                await auth.done.wait()
+            except BaseException:  # timed out or cancelled: nothing else holds this socket
+                await conn.drop(ClientConnectionError(f"no answer to auth from {self._address}"))
+                raise
             if auth.error is not None:
                 await conn.drop(auth.error)
                 raise auth.error

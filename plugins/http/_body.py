@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from conveyor.errors import LimitExceededError, ValidationError
 
@@ -79,10 +80,13 @@ async def _discard_rest(stream: AsyncIterator[bytes], limit: int) -> None:
     would see the reset instead of the 413."""
     dropped = 0
     with anyio.move_on_after(DISCARD_S):
-        async for chunk in stream:
-            dropped += len(chunk)
-            if dropped > DISCARD_LIMITS * limit:
-                return
+        try:
+            async for chunk in stream:
+                dropped += len(chunk)
+                if dropped > DISCARD_LIMITS * limit:
+                    return
+        except ClientDisconnect:
+            return  # gone: nothing left to protect the answer from
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceededError:

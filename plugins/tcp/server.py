@@ -45,6 +45,8 @@ MAX_AUTH_FAILURES = 5
 """Refused ``auth`` attempts after which a connection is closed."""
 EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 """accept() errors that mean the process is out of a resource: wait a little, then go on."""
+MAX_TURNING_AWAY = 16
+"""Clients over the connection limit being told so at once; beyond, they are closed unanswered."""
 FD_HEADROOM = 128
 """File descriptors kept free of TCP connections: the database, HTTP, webhooks, logs."""
 
@@ -56,15 +58,14 @@ class LineTooLong(Exception):
 class _Lines:
     """Reads ``\\n``-terminated lines, never holding more than ``limit`` bytes of one line.
 
-    Waiting for a line to begin times out after ``idle_s``; a line must be finished within
-    ``slow_s`` of its first byte (a client that trickles bytes cannot hold a connection). At end
-    of stream, a last line without its ``\\n`` still counts (``printf '{...}' | nc``)."""
+    Waiting for a line to begin times out after ``idle_s``. Once the server waits for the rest
+    of a begun line, the client has ``slow_s`` to finish it, however it trickles the bytes in
+    (time the server spends on earlier requests does not count). At end of stream, a last
+    line without its ``\\n`` still counts (``printf '{...}' | nc``)."""
 
     def __init__(self, stream: SocketStream, limit: int, idle_s: float, slow_s: float) -> None:
         self.stream, self.limit, self.idle_s, self.slow_s = stream, limit, idle_s, slow_s
         self.buffer = bytearray()
-        self.begun = 0.0
-        """When the first byte of the unfinished line in ``buffer`` arrived (loop time)."""
         self.ended = False
 
     def ready(self) -> bytes | None:
@@ -78,16 +79,15 @@ class _Lines:
             raise LineTooLong
         line = bytes(self.buffer[:end])
         del self.buffer[: end + 1]
-        if self.buffer:  # the next line has begun (a pipelined request)
-            self.begun = time.monotonic()
         return line
 
     async def next(self) -> bytes | None:
         """The next line; None at end of stream or timeout."""
+        deadline = time.monotonic() + self.slow_s if self.buffer else None
         while (line := self.ready()) is None:
             if self.ended:
                 return self._last()
-            wait_s = self.begun + self.slow_s - time.monotonic() if self.buffer else self.idle_s
+            wait_s = self.idle_s if deadline is None else deadline - time.monotonic()
             with anyio.move_on_after(wait_s) as waiting:
                 try:
                     chunk = await self.stream.receive(READ_CHUNK)
@@ -98,8 +98,8 @@ class _Lines:
                     return None
             if waiting.cancelled_caught:
                 return None
-            if not self.buffer:
-                self.begun = time.monotonic()
+            if deadline is None:
+                deadline = time.monotonic() + self.slow_s
             self.buffer += chunk
         return line
 
@@ -142,7 +142,8 @@ class TcpServer:
         self._drained: anyio.Event | None = None
         self.connections = 0
         self.max_connections = app.settings.tcp_max_connections
-        self._last_warning = 0.0
+        self._last_warning: dict[str, float] = {}
+        self._turning_away = 0
 
     async def serve(self, ready: Callable[[str], None]) -> None:
         settings = self.app.settings
@@ -188,19 +189,24 @@ class TcpServer:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno in EXHAUSTED:
-                    self._warn(f"tcp: cannot accept a connection ({exc.strerror}); retrying in 0.1 s")
+                    self._warn("accept", f"tcp: cannot accept a connection ({exc.strerror}); retrying in 0.1 s")
                     await anyio.sleep(0.1)
                 continue  # a client that gave up during the handshake
             if self.connections >= self.max_connections:
-                self._warn(f"tcp: refused a connection: {self.connections} open, the limit")
-                connections.start_soon(self._turn_away, stream)
+                self._warn("limit", f"tcp: refusing connections: {self.connections} open, the limit")
+                if self._turning_away < MAX_TURNING_AWAY:
+                    self._turning_away += 1
+                    connections.start_soon(self._turn_away, stream)
+                else:  # a flood: no reply, so refused clients cannot hold descriptors meant for others
+                    await stream.aclose()
                 continue
             connections.start_soon(self._connection, stream)
 
-    def _warn(self, message: str) -> None:
+    def _warn(self, kind: str, message: str) -> None:
+        """Log ``message``, at most once every 10 s for each ``kind``."""
         now = time.monotonic()
-        if now - self._last_warning >= 10:
-            self._last_warning = now
+        if now - self._last_warning.get(kind, -math.inf) >= 10:
+            self._last_warning[kind] = now
             log.warning(message)
 
     async def _turn_away(self, stream: SocketStream) -> None:
@@ -208,8 +214,11 @@ class TcpServer:
             f"too many connections: the server holds {self.max_connections} at most; retry later",
             details={"limit": self.max_connections},
         )
-        async with stream:
-            await _refuse_and_close(stream, error)
+        try:
+            async with stream:
+                await _refuse_and_close(stream, error)
+        finally:
+            self._turning_away -= 1
 
     async def _connection(self, stream: SocketStream) -> None:
         self.connections += 1
@@ -234,8 +243,10 @@ class TcpServer:
                 line = None
                 with anyio.CancelScope() as idle:
                     self._idle.add(idle)
-                    line = await lines.next()
-                self._idle.discard(idle)
+                    try:
+                        line = await lines.next()
+                    finally:
+                        self._idle.discard(idle)
                 if line is None:  # end of stream, timeout or shutdown
                     return
                 while line is not None:
@@ -299,7 +310,8 @@ def _parse(line: bytes) -> dict[str, Any] | ConveyorError:
     if b"\x00" in line:  # UTF-16/32, which json.loads would guess and accept: the protocol is UTF-8
         return ParseError("line is not valid JSON: it holds a NUL byte (send UTF-8)")
     try:
-        request = json.loads(line, parse_constant=_refuse_constant)
+        # decoded first: json.loads(bytes) lets UTF-8-encoded surrogates and a BOM through
+        request = json.loads(line.decode(), parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         return ParseError(f"line is not valid JSON: {reason}")

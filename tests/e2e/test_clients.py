@@ -3,6 +3,8 @@ the blocking form, and errors rebuilt as the kernel's exception classes."""
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -181,3 +183,69 @@ def test_the_blocking_client(server: Any) -> None:
         hook = q.add_webhook({"url": "https://hooks.example.com/sync"})
         assert q.get_webhook(hook.id).url == "https://hooks.example.com/sync"
         q.remove_webhook(hook.id)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_calls_given_up_at_any_moment_never_get_another_calls_reply(server: Any) -> None:
+    """A call cancelled between being queued and being written used to shift every later reply
+    onto the call before it: ``get(a)`` answered with job b."""
+    async with conveyor.connect(server.addresses["tcp"], token="k") as q:
+        ids = await q.push_batch("shift", [{"name": f"j{i}", "data": i} for i in range(20)])
+        wrong: list[tuple[int, int]] = []
+        answered = 0
+
+        async def get(i: int) -> None:
+            nonlocal answered
+            with anyio.move_on_after(random.random() * 0.03):
+                job = await q.get(ids[i])
+                answered += 1
+                if job is None or job.data != i:
+                    wrong.append((i, -1 if job is None else job.data))
+
+        for _ in range(40):
+            async with anyio.create_task_group() as tg:
+                for i in range(20):
+                    tg.start_soon(get, i)
+        assert wrong == [] and answered > 0
+        assert [job.data for job in [await q.get(job_id) for job_id in ids]] == list(range(20))
+
+
+async def test_timeouts_and_refusals_leave_no_socket_behind(server: Any) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        before = open_fds()
+        async with conveyor.connect(f"tcp://127.0.0.1:{silent.getsockname()[1]}", token="k", timeout_s=0.1) as q:
+            for wait_ms in (0, 0, 0, 5, 5, 5):  # the auth times out on the main and on long-poll connections
+                with pytest.raises(ClientConnectionError):
+                    await q.pull("q", wait_ms=wait_ms)
+        assert open_fds() == before
+    async with conveyor.connect(server.addresses["tcp"], token="k") as q:
+        await q.queues()
+        before = open_fds()
+        for _ in range(5):  # an error about a field named "line" is not the server closing the connection
+            with pytest.raises(ValidationError):
+                await q.push_job("lines", {"name": "x", "line": 1})
+        assert open_fds() == before
+
+
+async def test_closing_the_client_fails_a_long_poll_in_flight_at_once(server: Any) -> None:
+    failed: list[BaseException] = []
+    with anyio.fail_after(20):  # the pull would otherwise wait out its 60 s
+        async with anyio.create_task_group() as tg:
+            q = conveyor.connect(server.addresses["tcp"], token="k")
+            await q.open()
+
+            async def wait() -> None:
+                try:
+                    await q.pull("never", wait_ms=60_000)
+                except ClientConnectionError as exc:
+                    failed.append(exc)
+
+            tg.start_soon(wait)
+            await anyio.sleep(0.3)  # the pull is in flight (if not yet, it fails on a closed client)
+            await q.close()
+    assert len(failed) == 1 and "closed" in str(failed[0])
