@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -129,6 +130,7 @@ class EventDispatcher:
         """Fed by `emit`: this node's sinks, and the publisher to the shared log."""
         self._following: list[_Feed] = []
         """``"cluster"`` sinks on a shared storage, fed from the shared log instead."""
+        self._following_sinks: list[EventSink] = []
         self._scopes: list[anyio.CancelScope] = []
         self._followers: list[anyio.CancelScope] = []
         self._runners: list[anyio.CancelScope] = []
@@ -159,7 +161,11 @@ class EventDispatcher:
                 self._follow(tg, self._consume, shared, sink)
                 continue
             feed = _Feed(name)
-            (self._following if shared is not None and scope == "cluster" else self._feeds).append(feed)
+            if shared is not None and scope == "cluster":
+                self._following.append(feed)
+                self._following_sinks.append(sink)
+            else:
+                self._feeds.append(feed)
             tg.start_soon(self._deliver, feed, sink, name=f"conveyor-sink:{name}")
         if shared is not None:
             feed = _Feed("event-log")
@@ -243,8 +249,22 @@ class EventDispatcher:
             log.exception("could not append %d events to the shared event log", len(batch))
 
     async def _read_log(self, shared: EventLog, after: int) -> None:
-        """Feed ``"cluster"`` sinks from the shared log: every node's events, each once."""
+        """Feed ``"cluster"`` sinks from the shared log: every node's events, each once.
+
+        While every such sink is ``idle`` (a WebSocket hub with no client), the log is not
+        read: where it ends is noted at most every `LOG_POLL_S`, and a sink that stops being
+        idle gets the events from that note on (a few from just before it began, none lost)."""
+        noted = -math.inf
         while True:
+            if all(getattr(sink, "idle", False) for sink in self._following_sinks):
+                if time.monotonic() - noted >= LOG_POLL_S:
+                    noted = time.monotonic()
+                    try:
+                        after = max(after, await shared.last_seq())
+                    except Exception:  # noqa: BLE001 - the database may come back
+                        log.exception("reading the end of the shared event log failed")
+                await shared.wait(LOG_POLL_S)
+                continue
             try:
                 batch = await shared.read(after, LOG_BATCH)
             except Exception:  # noqa: BLE001 - the database may come back

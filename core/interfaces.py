@@ -24,8 +24,12 @@ class EventSink(Protocol):
     - ``"node"`` (default): the events of changes made through this process (metrics, logs);
     - ``"cluster"``: every node's events, each once per instance (live feeds: WebSocket);
     - ``"once"``: every node's events, each delivered to exactly one node's instance of the
-      sink with this name (side effects that must not repeat: webhooks). Such a sink may have
-      an ``idle`` property: while true, its events are claimed in bulk, not on every append.
+      sink with this name (side effects that must not repeat: webhooks).
+
+    A ``"once"`` or ``"cluster"`` sink may have an ``idle`` property, true while it would do
+    nothing with events (no webhook registered, no WebSocket client): a ``"once"`` sink's
+    events are then claimed in bulk, not on every append; while every ``"cluster"`` sink of a
+    node is idle, the node does not read the shared log at all.
     """
 
     async def handle(self, event: Event) -> None: ...

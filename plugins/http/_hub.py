@@ -59,6 +59,11 @@ class EventHub:
         self.buffer = buffer
         self.subscribers: set[_Subscriber] = set()
 
+    @property
+    def idle(self) -> bool:
+        """No client: with several nodes, this node need not read the shared event log."""
+        return not self.subscribers
+
     async def handle_batch(self, events: Sequence[Event]) -> None:
         if self.subscribers:
             for event in events:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -167,3 +169,43 @@ async def test_a_sink_keeps_up_with_many_concurrent_producers(file_url: str) -> 
         events = await sink.wait_for(960)
         assert app.events.dropped == 0
     assert len(events) == 960 and len({e.job_id for e in events}) == 960
+
+
+class IdleRecorder(Recorder):
+    """A ``"cluster"`` sink that says when it would do nothing with events."""
+
+    scope = "cluster"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.idle = True
+
+
+@pytest.mark.postgres
+async def test_a_node_whose_cluster_sinks_are_idle_does_not_read_the_shared_log(pg_schema: str) -> None:
+    """An idle sink (a WebSocket hub with no client) costs no reads of the shared log; once
+    it stops being idle it gets every event from then on, the other node's included."""
+    follower = IdleRecorder()
+    async with (
+        Conveyor(pg_schema, plugins=[SinkPlugin(follower)], plugin_autoload=False, maintenance=False) as watching,
+        Conveyor(pg_schema, plugin_autoload=False, maintenance=False) as other,
+    ):
+        reads = 0
+        log = watching.storage.event_log
+        assert log is not None
+        read = log.read
+
+        async def counted(after: int, limit: int) -> Any:
+            nonlocal reads
+            reads += 1
+            return await read(after, limit)
+
+        log.read = counted  # type: ignore[method-assign]
+        for i in range(5):
+            await other.push("idle", f"unseen-{i}")
+        await anyio.sleep(0.5)  # time for the wake-ups the appends sent
+        assert reads == 0 and follower.events == []
+        follower.idle = False
+        seen = await other.push("idle", "seen")
+        events = await follower.wait_for(1)
+        assert reads > 0 and seen in [event.job_id for event in events]
