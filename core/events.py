@@ -256,13 +256,18 @@ class EventDispatcher:
         idle gets the events from that note on (a few from just before it began, none lost)."""
         noted = -math.inf
         while True:
-            if all(getattr(sink, "idle", False) for sink in self._following_sinks):
+            if self._following_idle():
                 if time.monotonic() - noted >= LOG_POLL_S:
                     noted = time.monotonic()
                     try:
-                        after = max(after, await shared.last_seq())
+                        end = await shared.last_seq()
                     except Exception:  # noqa: BLE001 - the database may come back
                         log.exception("reading the end of the shared event log failed")
+                    else:
+                        # Only if still idle: a sink that began wanting events while the end
+                        # was read must get what was appended meanwhile.
+                        if self._following_idle():
+                            after = max(after, end)
                 await shared.wait(LOG_POLL_S)
                 continue
             try:
@@ -277,6 +282,9 @@ class EventDispatcher:
                     self._offer(feed, events)
             if len(batch) < LOG_BATCH:
                 await shared.wait(LOG_POLL_S)
+
+    def _following_idle(self) -> bool:
+        return all(getattr(sink, "idle", False) for sink in self._following_sinks)
 
     async def _consume(self, shared: EventLog, sink: EventSink) -> None:
         """Feed a ``"once"`` sink from the shared log: claim the next events under its

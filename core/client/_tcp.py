@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -31,8 +32,11 @@ class _Pending:
 class _Connection:
     """One socket: requests written in order under a lock, replies matched in order."""
 
-    def __init__(self, stream: SocketStream, address: str, write_timeout_s: float) -> None:
+    def __init__(
+        self, stream: SocketStream, address: str, write_timeout_s: float, forget: Callable[[_Connection], None]
+    ) -> None:
         self.stream, self.address, self.write_timeout_s = stream, address, write_timeout_s
+        self._forget = forget
         self.waiting: deque[_Pending] = deque()
         self.send_lock = anyio.Lock()
         self.usable = True
@@ -87,6 +91,7 @@ class _Connection:
     async def drop(self, error: BaseException) -> None:
         """Close the socket and fail every call still waiting on it."""
         self.usable = False
+        self._forget(self)
         waiting, self.waiting = self.waiting, deque()
         for pending in waiting:
             if not pending.done.is_set():
@@ -106,8 +111,9 @@ class TcpTransport:
         self._main: _Connection | None = None
         self._main_lock = anyio.Lock()
         self._spare: list[_Connection] = []
-        self._polling: set[_Connection] = set()
-        """Long-poll connections with a call in flight: `close` fails those calls at once."""
+        self._open: set[_Connection] = set()
+        """Every connection not yet dropped (connecting, in use, spare): `close` fails the
+        calls on all of them at once."""
         self._tg: TaskGroup | None = None
         self._closed = False
 
@@ -124,9 +130,8 @@ class TcpTransport:
         self._closed = True
         closing = ClientConnectionError("client closed")
         main, self._main = self._main, None
-        spare, self._spare = self._spare, []
-        polling, self._polling = self._polling, set()
-        for conn in [*([main] if main else []), *spare, *polling]:
+        self._spare = []
+        for conn in {*([main] if main else []), *self._open}:
             await conn.drop(closing)
         tg, self._tg = self._tg, None
         if tg is not None:
@@ -139,11 +144,7 @@ class TcpTransport:
         pending: _Pending | None = None
         try:
             with anyio.move_on_after(self.timeout_s + wait_s):
-                if wait_s > 0:
-                    conn = await self._long_poll_connection()
-                    self._polling.add(conn)
-                else:
-                    conn = await self._main_connection()
+                conn = await (self._long_poll_connection() if wait_s > 0 else self._main_connection())
                 pending = await conn.send(line)
                 await pending.done.wait()
         except BaseException:
@@ -152,9 +153,6 @@ class TcpTransport:
             if wait_s > 0 and conn is not None and not (pending is not None and pending.done.is_set()):
                 await conn.drop(ClientConnectionError("call cancelled"))
             raise
-        finally:
-            if conn is not None:
-                self._polling.discard(conn)
         if pending is None or not pending.done.is_set():  # timed out, connecting or waiting
             error = ClientConnectionError(f"no reply from {self._address} within {self.timeout_s + wait_s:g} s")
             if conn is not None:
@@ -193,7 +191,11 @@ class TcpTransport:
             stream = await anyio.connect_tcp(self.host, self.port)
         except OSError as exc:
             raise ClientConnectionError(f"cannot connect to {self._address}: {exc.strerror or exc}") from None
-        conn = _Connection(stream, self._address, self.timeout_s)
+        if self._closed or self._tg is None:  # closed while connecting
+            await stream.aclose()
+            raise ClientConnectionError("client closed")
+        conn = _Connection(stream, self._address, self.timeout_s, self._open.discard)
+        self._open.add(conn)
         self._tg.start_soon(conn.read)
         if self.token is not None:
             try:

@@ -87,20 +87,22 @@ class EventHub:
                 self.subscribers.discard(sub)
 
     async def serve(self, websocket: WebSocket) -> None:
-        """One client: accept, check its filters, then stream frames until either side stops."""
+        """One client: check its filters, subscribe, accept, then stream frames until either side
+        stops."""
         from starlette.websockets import WebSocketDisconnect
 
-        await websocket.accept()
         try:
             events, queues = _filters(websocket)
         except ConveyorError as exc:
+            await websocket.accept()
             await websocket.send_text(json.dumps({"ok": False, "error": exc.to_wire()}))
             await websocket.close(BAD_REQUEST, exc.message[:120])
             return
         send, receive = anyio.create_memory_object_stream[str](self.buffer)
         sub = _Subscriber(send, events, queues)
-        self.subscribers.add(sub)
+        self.subscribers.add(sub)  # before the handshake ends: an event right after it is not missed
         try:
+            await websocket.accept()
             async with anyio.create_task_group() as tg:
 
                 async def watch_client() -> None:

@@ -249,3 +249,26 @@ async def test_closing_the_client_fails_a_long_poll_in_flight_at_once(server: An
             await anyio.sleep(0.3)  # the pull is in flight (if not yet, it fails on a closed client)
             await q.close()
     assert len(failed) == 1 and "closed" in str(failed[0])
+
+
+async def test_closing_the_client_fails_calls_still_authenticating_at_once() -> None:
+    with socket.socket() as silent:  # accepts connections, never answers the auth
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        failed: list[BaseException] = []
+        with anyio.fail_after(20):  # the calls would otherwise wait out their 30 s timeout
+            async with anyio.create_task_group() as tg:
+                q = conveyor.connect(f"tcp://127.0.0.1:{silent.getsockname()[1]}", token="k")
+                await q.open()
+
+                async def call(wait_ms: int) -> None:
+                    try:
+                        await q.pull("q", wait_ms=wait_ms)
+                    except ClientConnectionError as exc:
+                        failed.append(exc)
+
+                tg.start_soon(call, 0)
+                tg.start_soon(call, 5_000)
+                await anyio.sleep(0.3)  # both are waiting for the auth's answer
+                await q.close()
+        assert len(failed) == 2

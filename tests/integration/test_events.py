@@ -209,3 +209,29 @@ async def test_a_node_whose_cluster_sinks_are_idle_does_not_read_the_shared_log(
         seen = await other.push("idle", "seen")
         events = await follower.wait_for(1)
         assert reads > 0 and seen in [event.job_id for event in events]
+
+
+@pytest.mark.postgres
+async def test_a_sink_that_stops_being_idle_while_the_log_end_is_read_misses_nothing(pg_schema: str) -> None:
+    """The end of the log read while a sink began wanting events must not be taken as a
+    starting point: what was appended meanwhile would never be read."""
+    follower = IdleRecorder()
+    async with (
+        Conveyor(pg_schema, plugins=[SinkPlugin(follower)], plugin_autoload=False, maintenance=False) as watching,
+        Conveyor(pg_schema, plugin_autoload=False, maintenance=False) as other,
+    ):
+        log = watching.storage.event_log
+        assert log is not None
+        last_seq, reading = log.last_seq, anyio.Event()
+
+        async def slow_last_seq() -> int:
+            reading.set()
+            await anyio.sleep(1)  # a slow round trip: the event below commits before the end is read
+            return await last_seq()
+
+        log.last_seq = slow_last_seq  # type: ignore[method-assign]
+        with anyio.fail_after(30):
+            await reading.wait()
+        follower.idle = False
+        seen = await other.push("race", "during")
+        assert seen in [event.job_id for event in await follower.wait_for(1)]
