@@ -103,6 +103,19 @@ class _Lines:
             self.buffer += chunk
         return line
 
+    async def watch_for_end(self) -> None:
+        """Return at end of stream; what arrives before it joins the buffer. Lines that pile up
+        past ``limit`` stop the watch (`ready` refuses them later)."""
+        while not self.ended and len(self.buffer) <= self.limit:
+            try:
+                self.buffer += await self.stream.receive(READ_CHUNK)
+            except anyio.EndOfStream:
+                self.ended = True
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.ended = True
+        if not self.ended:
+            await anyio.sleep_forever()
+
     def _last(self) -> bytes | None:
         line, self.buffer = bytes(self.buffer), bytearray()
         return line if line.strip() else None
@@ -251,10 +264,13 @@ class TcpServer:
                     return
                 while line is not None:
                     request = _parse(line)
-                    if out and _may_wait(request):  # what is done goes out before a long-poll
-                        await _send(stream, out, timeout_s)
-                        out.clear()
-                    out += _encode(await self._request(request, session))
+                    if _may_wait(request):
+                        if out:  # what is done goes out before a long-poll
+                            await _send(stream, out, timeout_s)
+                            out.clear()
+                        out += _encode(await self._long_poll(request, session, lines))
+                    else:
+                        out += _encode(await self._request(request, session))
                     if session.auth_failures >= MAX_AUTH_FAILURES:
                         await _send(stream, out, timeout_s)
                         return
@@ -268,6 +284,29 @@ class TcpServer:
             limit = settings.max_request_bytes
             error = LimitExceededError(f"request line exceeds {limit} bytes", field="line", details={"limit": limit})
             await _refuse_and_close(stream, error)
+
+    async def _long_poll(self, request: dict[str, Any], session: _Session, lines: _Lines) -> dict[str, Any]:
+        """A pull that may wait, run while the connection is watched. Bytes that arrive
+        meanwhile are kept for the next lines; the end of the stream (the client closed, or
+        will send nothing more) ends the wait with nothing pulled, so the pull cannot claim a
+        job for a client that is gone (that job would wait out the stall timeout and lose an
+        attempt)."""
+        count = request.get("count")
+        gone: dict[str, Any] = (
+            {"ok": True, "jobs": []} if isinstance(count, int) and count > 1 else {"ok": True, "job": None}
+        )
+        reply: dict[str, Any] | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                nonlocal reply
+                reply = await self._request(request, session)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(run)
+            await lines.watch_for_end()
+            tg.cancel_scope.cancel()  # the client is gone: stop waiting
+        return reply if reply is not None else gone
 
     async def _request(self, request: dict[str, Any] | ConveyorError, session: _Session) -> dict[str, Any]:
         if isinstance(request, ConveyorError):

@@ -240,3 +240,23 @@ def test_text_that_is_not_utf8_or_not_printable_gets_clear_errors(tcp_server: Se
     assert "queues" in ok(line.call({"cmd": "queues"}))
     line.close()
     assert "Traceback" not in tcp_server.output
+
+
+def test_a_long_poll_whose_client_left_claims_nothing(tcp_server: Served) -> None:
+    """A client that closes while its pull waits must not have a job claimed for it: the job
+    would sit active until the stall timeout, then lose an attempt (and with max_attempts=1 go
+    to the DLQ without ever running)."""
+    queue = f"left-{time.time_ns()}"
+    gone = Line(tcp_server)
+    gone.send({"cmd": "pull", "queue": queue, "wait_ms": 60_000, "worker_id": "gone"})
+    half = Line(tcp_server)  # sends its pull, then says it will send nothing more
+    half.send({"cmd": "pull", "queue": queue, "wait_ms": 60_000, "count": 5})
+    half.sock.shutdown(socket.SHUT_WR)
+    assert ok(half.reply())["jobs"] == []  # answered at once, with nothing pulled
+    gone.close()
+    time.sleep(0.5)  # the server reads the end of the closed connection's stream
+    other = Line(tcp_server)
+    job_id = ok(other.call({"cmd": "push", "queue": queue, "name": "j", "max_attempts": 1}))["id"]
+    assert ok(other.call({"cmd": "pull", "queue": queue}))["job"]["id"] == job_id  # still there to pull
+    other.close()
+    half.close()
