@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, get_args
 
+import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -149,7 +150,30 @@ async def pull(
     wait_ms: Annotated[int | None, Query(description="Long-poll: wait up to this long (ms) for a job.")] = None,
     worker_id: Annotated[str | None, Query(description="Who holds the claimed jobs.")] = None,
 ) -> Response:
-    return await _run(request, "pull", _query(queue=queue, count=count, wait_ms=wait_ms, worker_id=worker_id))
+    params = _query(queue=queue, count=count, wait_ms=wait_ms, worker_id=worker_id)
+    if not wait_ms:
+        return await _run(request, "pull", params)
+    # A long-poll ends, with nothing pulled, if its client disconnects: no job is claimed for
+    # a client that has left (it would wait out the stall timeout and lose an attempt).
+    outcome: list[Response | Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def run() -> None:
+            try:
+                outcome.append(await _run(request, "pull", params))
+            except Exception as exc:  # noqa: BLE001 - raised below, outside the task group
+                outcome.append(exc)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(run)
+        while (await request.receive())["type"] != "http.disconnect":
+            pass  # the (empty) body of the GET; then the wait for a disconnect
+        tg.cancel_scope.cancel()
+    if not outcome:
+        return Response(status_code=499)  # the client is gone: no one reads this
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
 
 
 @router.post(

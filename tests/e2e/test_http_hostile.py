@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -136,6 +137,18 @@ def test_unknown_fields_are_refused(http: httpx.Client, queue: str) -> None:
     err = error(http.post(f"/jobs/{job_id}/fail", json={"error": 5}), 400, "VALIDATION_ERROR")
     assert err["details"]["field"] == "error" and "string" in err["message"]
     assert ok(http.get(f"/jobs/{job_id}"))["job"]["state"] == "active"
+
+
+def test_a_long_poll_whose_client_left_claims_nothing(http: httpx.Client, sqlite_server: Served, queue: str) -> None:
+    """As over TCP: a job arriving after the client of a waiting pull disconnected is not
+    claimed for it (it would sit active until the stall timeout and lose an attempt)."""
+    address = urlsplit(sqlite_server.url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(f"GET /api/v1/queues/{queue}/jobs?wait_ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.5)  # the pull is waiting
+    time.sleep(0.5)  # the server reads the disconnect
+    job_id = ok(http.post(f"/queues/{queue}/jobs", json={"name": "j", "max_attempts": 1}), 201)["id"]
+    assert ok(http.get(f"/queues/{queue}/jobs"))["job"]["id"] == job_id  # still there to pull
 
 
 def test_server_is_healthy_after_all_of_it(http: httpx.Client, queue: str) -> None:
