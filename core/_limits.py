@@ -115,10 +115,16 @@ def check_keys_survive(field: str, value: Any, text: str) -> None:
     """Refuse ``value`` (serialized as ``text``) if two keys of one of its dicts become the
     same JSON string (``1`` and ``"1"``): the text would hold the key twice, and reading it
     back would keep one value."""
-    if _KEY_FROM_NON_STR.search(text) and (key := _colliding_key(value)) is not None:
+    if keys_may_collide(text) and (key := _colliding_key(value)) is not None:
         raise ValidationError(
             f"{field} has two keys that both become {key!r} in JSON; one of them would be lost", field=field
         )
+
+
+def keys_may_collide(text: str) -> bool:
+    """Whether JSON ``text`` holds a key written from an int, float, bool or None (or a str key
+    that looks like one): only then can two keys of a dict have collided."""
+    return _KEY_FROM_NON_STR.search(text) is not None
 
 
 _KEY_FROM_NON_STR = re.compile(r'"(?:-?[0-9][0-9.e+-]*|true|false|null)":')

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 from uuid import UUID
@@ -57,6 +57,19 @@ def _jsonable(value: Any, field: str) -> Any:
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{field} is not JSON-serializable: {exc}", field=field) from None
     limits.check_keys_survive(field, value, text)
+    return json.loads(text)
+
+
+def _checked(value: Any, locate: Callable[[], Any]) -> Any:
+    """``value`` as the JSON the server will parse, serialized once. Only when that fails, or
+    its text could hold colliding keys, does ``locate`` run the item-by-item checks, which
+    raise naming the field (or return the value, if the keys were fine after all)."""
+    try:
+        text = json.dumps(value, default=_encode_default, allow_nan=False)
+    except (TypeError, ValueError):
+        return locate()
+    if limits.keys_may_collide(text):
+        return locate()
     return json.loads(text)
 
 
@@ -136,7 +149,7 @@ class Client(TaskHost):
         return await self.push_job(queue, body)
 
     async def push_job(self, queue: str, job: JobSpec | dict[str, Any]) -> UUID:
-        body = _job_body(job)
+        body = _checked(job, lambda: _job_body(job))
         if not isinstance(body, dict):
             raise ValidationError("job must be an object", field="job")
         if body.get("queue", queue) != queue:
@@ -147,7 +160,7 @@ class Client(TaskHost):
     async def push_batch(self, queue: str, jobs: Sequence[JobSpec | dict[str, Any]]) -> list[UUID]:
         if not isinstance(jobs, (list, tuple)):
             raise ValidationError("jobs must be a list of job objects", field="jobs")
-        bodies = [_job_body(job, f"jobs[{index}].") for index, job in enumerate(jobs)]
+        bodies = _checked(list(jobs), lambda: [_job_body(job, f"jobs[{i}].") for i, job in enumerate(jobs)])
         reply = await self.transport.call("push_batch", {"queue": queue, "jobs": bodies})
         return [UUID(job_id) for job_id in reply["ids"]]
 
@@ -168,7 +181,7 @@ class Client(TaskHost):
     ) -> list[AckResult]:
         if not isinstance(items, (list, tuple)):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
-        sent = [_ack_item(item, f"items[{index}]") for index, item in enumerate(items)]
+        sent = _checked(list(items), lambda: [_ack_item(item, f"items[{i}]") for i, item in enumerate(items)])
         reply = await self._call("ack_batch", items=sent, worker_id=worker_id)
         return [AckResult.model_validate(result) for result in reply["results"]]
 
