@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +273,25 @@ async def test_closing_the_client_fails_calls_still_authenticating_at_once() -> 
                 await anyio.sleep(0.3)  # both are waiting for the auth's answer
                 await q.close()
         assert len(failed) == 2
+
+
+async def test_a_reply_too_deep_to_parse_fails_the_call_not_the_client() -> None:
+    """A hostile or broken server answering with JSON nested past the parser's limit: the call
+    fails with ClientConnectionError; the client's own task group (the caller's block) lives."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"[" * 200_000 + b"]" * 200_000 + b"\n")
+                conn.recv(65536)  # until the client closes
+
+        thread = threading.Thread(target=answer_once, daemon=True)
+        thread.start()
+        async with conveyor.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout_s=10) as q:
+            with pytest.raises(ClientConnectionError, match="not a reply"):
+                await q.queues()
+        thread.join(10)

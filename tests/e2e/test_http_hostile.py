@@ -155,3 +155,16 @@ def test_server_is_healthy_after_all_of_it(http: httpx.Client, queue: str) -> No
     job_id = ok(http.post(f"/queues/{queue}/jobs", json={"name": "after"}), 201)["id"]
     assert ok(http.get(f"/queues/{queue}/jobs"))["job"]["id"] == job_id
     ok(http.post(f"/jobs/{job_id}/ack"))
+
+
+def test_a_client_leaving_mid_way_through_an_oversize_chunked_body_logs_nothing(
+    sqlite_server: Served, queue: str
+) -> None:
+    address = urlsplit(sqlite_server.url)
+    head = (f"POST /api/v1/queues/{queue}/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(head.encode() + chunk * 40)  # past the 2 MiB limit, and never finished
+    time.sleep(1.5)  # the server drains what it can, then meets the disconnect
+    assert "Traceback" not in sqlite_server.output, sqlite_server.output[-3000:]
