@@ -116,6 +116,11 @@ async def pull(app: Conveyor, params: Params) -> Reply:
         params["queue"], 1 if count is None else count,
         worker_id=params.get("worker_id"), wait_ms=params.get("wait_ms", 0),
     )  # fmt: skip
+    return pull_reply(count, jobs)
+
+
+def pull_reply(count: Any, jobs: list[str]) -> Reply:
+    """A pull's answer: ``job`` (or null) without a count or with 1, else ``jobs``."""
     if count is None or count == 1:
         return {"ok": True, "job": wire.JsonText(jobs[0]) if jobs else None}
     return {"ok": True, "jobs": wire.JsonText(f"[{','.join(jobs)}]")}

@@ -291,10 +291,6 @@ class TcpServer:
         will send nothing more) ends the wait with nothing pulled, so the pull cannot claim a
         job for a client that is gone (that job would wait out the stall timeout and lose an
         attempt)."""
-        count = request.get("count")
-        gone: dict[str, Any] = (
-            {"ok": True, "jobs": []} if isinstance(count, int) and count > 1 else {"ok": True, "job": None}
-        )
         reply: dict[str, Any] | None = None
         async with anyio.create_task_group() as tg:
 
@@ -306,7 +302,7 @@ class TcpServer:
             tg.start_soon(run)
             await lines.watch_for_end()
             tg.cancel_scope.cancel()  # the client is gone: stop waiting
-        return reply if reply is not None else gone
+        return reply if reply is not None else commands.pull_reply(request.get("count"), [])
 
     async def _request(self, request: dict[str, Any] | ConveyorError, session: _Session) -> dict[str, Any]:
         if isinstance(request, ConveyorError):
