@@ -182,7 +182,9 @@ class Client(TaskHost):
         if not isinstance(items, (list, tuple)):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
         sent = _checked(list(items), lambda: [_ack_item(item, f"items[{i}]") for i, item in enumerate(items)])
-        reply = await self._call("ack_batch", items=sent, worker_id=worker_id)
+        limits.check_optional_text("worker_id", worker_id, limits.MAX_WORKER_ID_BYTES)  # as the embedded API
+        params = {"items": sent} if worker_id is None else {"items": sent, "worker_id": worker_id}
+        reply = await self.transport.call("ack_batch", params)  # checked once above, not again by _call
         return [AckResult.model_validate(result) for result in reply["results"]]
 
     async def fail(self, job_id: UUID | str, error: str, *, worker_id: str | None = None) -> FailOutcome:
