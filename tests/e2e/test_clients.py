@@ -3,6 +3,7 @@ the blocking form, and errors rebuilt as the kernel's exception classes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
@@ -295,3 +296,19 @@ async def test_a_reply_too_deep_to_parse_fails_the_call_not_the_client() -> None
             with pytest.raises(ClientConnectionError, match="not a reply"):
                 await q.queues()
         thread.join(10)
+
+
+async def test_long_poll_connections_are_reused_not_opened_per_call(server: Any) -> None:
+    def sockets() -> set[str]:  # this process's sockets: a new connection is a new inode
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(FileNotFoundError):  # the directory listing's own fd, gone
+                found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        return {link for link in found if link.startswith("socket:")}
+
+    async with conveyor.connect(server.addresses["tcp"], token="k") as q:
+        assert await q.pull("reuse", wait_ms=10) == []
+        opened = sockets()
+        for _ in range(5):
+            assert await q.pull("reuse", wait_ms=10) == []
+        assert sockets() == opened  # each long-poll took the spare connection the last one left
