@@ -17,7 +17,7 @@ from operator import itemgetter
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from conveyor.errors import ConveyorError, DuplicateKeyError, QueuePausedError, StorageError
@@ -33,6 +33,7 @@ from .tables import (
     EXPIRES_SQL,
     PENDING_SQL,
     SCHEMA_VERSION,
+    SETTLED_SQL,
     deps,
     jobs,
     meta,
@@ -489,12 +490,24 @@ def list_jobs(conn: Connection, queue: str, state: str, limit: int, offset: int,
     direction = "DESC" if newest_first else "ASC"
     cur.execute(
         d.sql(
-            f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE queue = ? AND state = ? "
+            f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE queue = ? AND {_state_where(state)} "
             f"ORDER BY updated_at {direction}, id {direction} LIMIT ? OFFSET ?"
         ),
-        (queue, state, limit, offset),
+        (queue, limit, offset),
     )
     return [decode_job(row, d) for row in cur.fetchall()]
+
+
+def _state_where(state: str) -> str:
+    """``state = '<state>'`` with the value written out, and for a settled state the settled
+    index's predicate too: SQLite uses a partial index only for a query whose terms repeat its
+    predicate, and cannot see through a bound parameter."""
+    literal = f"state = '{JobState(state).value}'"  # a JobState value: safe to write into SQL
+    return f"{SETTLED_SQL} AND {literal}" if state not in _HOT_STATES else literal
+
+
+_HOT_STATES = frozenset({JobState.WAITING.value, JobState.ACTIVE.value})
+"""The states outside `SETTLED_SQL`, each with a partial index of its own (claim, heartbeat)."""
 
 
 def list_flow(conn: Connection, flow_id: str, limit: int) -> list[Job]:
@@ -532,15 +545,22 @@ def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int
 
 
 def list_queues(conn: Connection, queue: str | None) -> list[QueueRow]:
-    counts = select(jobs.c.queue, jobs.c.state, func.count()).group_by(jobs.c.queue, jobs.c.state)
-    flags = select(queues.c.name, queues.c.paused)
-    if queue is not None:
-        counts = counts.where(jobs.c.queue == queue)
-        flags = flags.where(queues.c.name == queue)
-    found: dict[str, QueueRow] = {}
-    for name, paused in conn.execute(flags):
-        found[name] = QueueRow(name, bool(paused))
-    for name, state, n in conn.execute(counts):
+    cur, d = _cursor(conn)
+    one = "" if queue is None else " AND queue = ?"
+    cur.execute(
+        d.sql(f"SELECT name, paused FROM conveyor_queues{' WHERE name = ?' if one else ''}"), (queue,) * bool(one)
+    )
+    found: dict[str, QueueRow] = {name: QueueRow(name, bool(paused)) for name, paused in cur.fetchall()}
+    # one count per index: settled jobs by the settled index, waiting and active by their own
+    cur.execute(
+        d.sql(
+            f"SELECT queue, state, count(*) FROM {TABLE} WHERE {SETTLED_SQL}{one} GROUP BY queue, state "
+            f"UNION ALL SELECT queue, state, count(*) FROM {TABLE} WHERE state = 'waiting'{one} GROUP BY queue, state "
+            f"UNION ALL SELECT queue, state, count(*) FROM {TABLE} WHERE {ACTIVE_SQL}{one} GROUP BY queue, state"
+        ),
+        (queue,) * 3 * bool(one),
+    )
+    for name, state, n in cur.fetchall():
         found.setdefault(name, QueueRow(name)).counts[state] = n
     return [found[name] for name in sorted(found)]
 
@@ -572,14 +592,21 @@ def ensure_schema(conn: Connection) -> None:
 _CHANGED_INDEXES_SINCE: dict[int, tuple[str, ...]] = {
     3: ("ix_conveyor_jobs_deadline", "ix_conveyor_jobs_expires"),  # narrower sweep predicates
     4: ("ix_conveyor_jobs_expires", "ux_conveyor_jobs_unique_key"),  # predicates without IN lists
+    6: ("ix_conveyor_jobs_settled",),  # replaces ix_conveyor_jobs_queue_state
 }
-"""Schema version -> the indexes it redefined (tables added since version 1 are created by
-``create_all``)."""
+"""Schema version -> the indexes it redefined or added (tables added since version 1 are
+created by ``create_all``)."""
+_DROPPED_INDEXES_SINCE: dict[int, tuple[str, ...]] = {6: ("ix_conveyor_jobs_queue_state",)}
+"""Schema version -> the indexes it removed."""
 
 
 def _rebuild_indexes(conn: Connection, found: int) -> None:
-    """Recreate the indexes redefined by every version after ``found``, as `tables` defines
-    them now. Each covers the same rows as before, so a unique index cannot fail to build."""
+    """Drop the indexes removed by every version after ``found`` and recreate those it
+    redefined or added, as `tables` defines them now. A redefined unique index covers the same
+    rows as before, so it cannot fail to build."""
+    gone = {name for version, names in _DROPPED_INDEXES_SINCE.items() if version > found for name in names}
+    for name in sorted(gone):
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
     names = {name for version, names in _CHANGED_INDEXES_SINCE.items() if version > found for name in names}
     for index in jobs.indexes:
         if index.name in names:

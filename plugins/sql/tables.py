@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import BigInteger, Column, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: jobs, queues, dependencies. 2: webhooks and the shared event log (new tables only).
 3: the timeout and TTL indexes hold only jobs that have a timeout or TTL.
-4: partial-index predicates without ``IN`` lists (see `PENDING_SQL`). 5: schedules (a new table)."""
+4: partial-index predicates without ``IN`` lists (see `PENDING_SQL`). 5: schedules (a new table).
+6: the per-queue state index holds only settled jobs (see `SETTLED_SQL`)."""
 
 
 def _state_in(*states: str) -> str:
@@ -33,6 +34,11 @@ PENDING_SQL = _state_in("waiting", "delayed", "blocked", "active")
 ACTIVE_SQL = "state = 'active'"
 DEADLINE_SQL = "state = 'active' AND deadline_at IS NOT NULL"
 EXPIRES_SQL = f"expires_at IS NOT NULL AND {_state_in('waiting', 'delayed', 'blocked')}"
+SETTLED_SQL = "state <> 'waiting' AND state <> 'active'"
+"""Every state but the two a job passes through on the hot path (waiting and active, which the
+claim and heartbeat indexes hold): a push, claim and ack touch the per-queue index once, not five
+times. Two comparisons, not a chain of six: SQLite evaluates it for every row written. Measured
+with bench_instructions.py: 465,480 -> 445,977 instructions per job (-4.2%)."""
 """Partial-index predicates; queries must repeat them verbatim for the planner to use them."""
 
 
@@ -52,7 +58,9 @@ class JobRow(SQLModel, table=True):
         # claim: WHERE queue=? AND state='waiting' ORDER BY priority DESC, order_key, id.
         # Only waiting rows are in it: a claim removes one entry, an ack touches nothing.
         _partial("ix_conveyor_jobs_claim", "state = 'waiting'", "queue", text("priority DESC"), "order_key", "id"),
-        Index("ix_conveyor_jobs_queue_state", "queue", "state"),
+        # counts and listings by queue and state; waiting and active jobs are in the claim and
+        # heartbeat indexes, so this one changes only when a job settles (queries: `SETTLED_SQL`)
+        _partial("ix_conveyor_jobs_settled", SETTLED_SQL, "queue", "state"),
         _partial("ix_conveyor_jobs_delayed", "state = 'delayed'", "delay_until"),
         _partial("ix_conveyor_jobs_heartbeat", ACTIVE_SQL, "last_heartbeat"),
         # Sweeps read only rows that can still time out or expire: jobs without a timeout or

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from uuid import UUID
 
 import psycopg
 import pytest
 
-from conveyor import Conveyor, DuplicateKeyError, StorageError
+from conveyor import Conveyor, DuplicateKeyError, QueueCounts, StorageError
 from conveyor.plugins.sql.tables import SCHEMA_VERSION
 from tests.conftest import PG_URL
 
@@ -179,4 +180,88 @@ async def test_a_version_4_sqlite_database_gets_the_schedules_table(tmp_path: Pa
         await app.add_schedule({"name": "s", "queue": "q", "job_name": "j", "every_ms": 1000})
         assert [s.name for s in await app.schedules()] == ["s"]
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone() == ("5",)
+        assert db.execute("SELECT value FROM conveyor_meta WHERE key = 'schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+
+
+QUEUE_STATE_INDEX = "CREATE INDEX ix_conveyor_jobs_queue_state ON {table} (queue, state)"  # version 5
+
+
+async def _a_job_in_every_state(app: Conveyor) -> tuple[QueueCounts, UUID]:
+    """Waiting, active, delayed, blocked, completed, cancelled and dead-lettered jobs in ``q``
+    and one waiting job in ``other``: the counts ``stats("q")`` must give, and the DLQ job."""
+    for name in ("done", "dead", "active"):
+        await app.push("q", name, max_attempts=1)
+    await app.push("q", "waiting-1")
+    await app.push("q", "waiting-2")
+    await app.push("other", "elsewhere")
+    await app.push("q", "later", delay_ms=3_600_000)
+    parent = await app.push("q", "parent", delay_ms=3_600_000)
+    await app.push("q", "child", depends_on=[parent])
+    await app.cancel(await app.push("q", "cancelled"))
+    pulled = {job.name: job.id for job in await app.pull("q", 3)}
+    assert set(pulled) == {"done", "dead", "active"}
+    await app.ack(pulled["done"], "ok")
+    await app.fail(pulled["dead"], "boom")
+    counts = QueueCounts(waiting=2, active=1, delayed=2, blocked=1, completed=1, cancelled=1, dlq=1)
+    return counts, pulled["dead"]
+
+
+async def _check_counts_and_dlq(app: Conveyor, counts: QueueCounts, dead: UUID) -> None:
+    assert await app.stats("q") == counts
+    assert {info.name: info.counts for info in await app.queues()} == {"q": counts, "other": QueueCounts(waiting=1)}
+    assert [job.id for job in await app.dlq("q")] == [dead]
+
+
+async def test_a_version_5_sqlite_database_gets_the_settled_index(tmp_path: Path) -> None:
+    path = tmp_path / "v5.db"
+    url = f"sqlite:///{path}"
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        counts, dead = await _a_job_in_every_state(app)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP INDEX ix_conveyor_jobs_settled")
+        db.execute(QUEUE_STATE_INDEX.format(table="conveyor_jobs"))
+        db.execute("UPDATE conveyor_meta SET value = '5' WHERE key = 'schema_version'")
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        await _check_counts_and_dlq(app, counts, dead)
+    with sqlite3.connect(path) as db:
+        indexes = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        from conveyor.plugins.sql.tables import SETTLED_SQL
+
+        listing = db.execute(
+            f"EXPLAIN QUERY PLAN SELECT id FROM conveyor_jobs WHERE queue = 'q' AND {SETTLED_SQL} AND state = 'dlq'"
+        ).fetchall()
+        counting = db.execute(
+            f"EXPLAIN QUERY PLAN SELECT queue, state, count(*) FROM conveyor_jobs WHERE {SETTLED_SQL} "
+            "GROUP BY queue, state"
+        ).fetchall()
+    assert "ix_conveyor_jobs_settled" in indexes and "ix_conveyor_jobs_queue_state" not in indexes
+    assert "ix_conveyor_jobs_settled" in str(listing), listing
+    assert "COVERING INDEX ix_conveyor_jobs_settled" in str(counting), counting
+
+
+@pytest.mark.postgres
+async def test_a_version_5_postgresql_schema_gets_the_settled_index(pg_schema: str) -> None:
+    async with Conveyor(pg_schema, maintenance=False, plugin_autoload=False) as app:
+        counts, dead = await _a_job_in_every_state(app)
+    schema = pg_schema.rsplit("schema=", 1)[1]
+    with psycopg.connect(PG_URL, autocommit=True) as db:
+        db.execute(f'DROP INDEX "{schema}".ix_conveyor_jobs_settled')
+        db.execute(QUEUE_STATE_INDEX.format(table=f'"{schema}".conveyor_jobs'))
+        db.execute(f"UPDATE \"{schema}\".conveyor_meta SET value = '5' WHERE key = 'schema_version'")
+    async with Conveyor(pg_schema, maintenance=False, plugin_autoload=False) as app:
+        await _check_counts_and_dlq(app, counts, dead)
+    with psycopg.connect(PG_URL, autocommit=True) as db:
+        rows = db.execute("SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)).fetchall()
+    indexes = {row[0] for row in rows}
+    assert "ix_conveyor_jobs_settled" in indexes and "ix_conveyor_jobs_queue_state" not in indexes
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_stats_and_dlq_count_every_state(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Counts come from three indexes (settled, claim, heartbeat): each state is counted once."""
+    url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else request.getfixturevalue("pg_schema")
+    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+        counts, dead = await _a_job_in_every_state(app)
+        await _check_counts_and_dlq(app, counts, dead)
