@@ -59,19 +59,24 @@ def trusted(cls: type[M], values: dict[str, Any], fields_set: set[str] | None = 
     ``model_construct`` costs ~10-20 µs per object here, this ~1 µs. ``values`` must hold every
     field of ``cls``; ``fields_set`` names those given explicitly (default: all of them)."""
     obj = _new(cls)
-    _set(obj, "__dict__", values)
+    _set_dict(obj, values)
     if fields_set is None:  # a copy of the class's field names: cheaper than a set of the dict
         if (every := _FIELD_NAMES.get(cls)) is None:
             every = _FIELD_NAMES[cls] = set(cls.model_fields)
         fields_set = every.copy()
-    _set(obj, "__pydantic_fields_set__", fields_set)
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set_fields_set(obj, fields_set)
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
 _new = object.__new__
-_set = object.__setattr__
+# BaseModel's own slots, set through their descriptors: a quarter cheaper than
+# ``object.__setattr__`` by name (660 -> 480 ns for a three-field model), on every job.
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 _FIELD_NAMES: dict[type[BaseModel], set[str]] = {}
 
 
