@@ -86,8 +86,9 @@ class Transition:
     Rows whose state is in ``from_states`` (and, when ``worker_id`` is set, held by that worker)
     get ``values`` plus their own ``per_id`` values (every entry has the same keys) -- or are
     deleted when their boolean field ``delete_if`` is true. Every other id, including a repeat
-    of an id already changed, gets ``refuse(id, current row or None)`` as its error.
-    """
+    of an id already changed, gets ``refuse(id, current row or None)`` as its error. The
+    `Modified` of a changed row reports ``Update(values)`` without its ``per_id`` values (one
+    object for the whole batch: the caller has them)."""
 
     from_states: frozenset[JobState]
     values: dict[str, Any]

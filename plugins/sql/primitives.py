@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from conveyor.errors import ConveyorError, DuplicateKeyError, QueuePausedError, StorageError
 from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
-from conveyor.storage import Change, Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
+from conveyor.storage import Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
 from .codec import decode_job, encode_job, encode_value, encode_values, render_job
 from .dialect import COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
@@ -385,13 +385,11 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted, strict=True) if not ok})
     refused = _select_for_update(cur, d, refused_ids) if refused_ids else {}
     results: list[Modified] = []
+    updated, deleted = Update(t.values, t.children), Delete(t.children)  # shared by every row
     for key, job_id, ok in zip(keys, ids, accepted, strict=True):
         if ok:
             queue, delete = done[key]
-            change: Change = (
-                Delete(t.children) if delete else Update({**t.values, **t.per_id.get(job_id, {})}, t.children)
-            )
-            results.append(Modified(job_id, None, change, queue, spawned=spawned.get(key, ())))
+            results.append(Modified(job_id, None, deleted if delete else updated, queue, spawned=spawned.get(key, ())))
         else:  # not in a from-state, missing, or the same id again (already transitioned)
             current = refused.get(job_id)
             results.append(
