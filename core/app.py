@@ -3,6 +3,7 @@ and is the async embedded API every protocol front end calls."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -55,6 +56,7 @@ from .webhooks import Webhook, WebhookSpec, build_webhook
 from .workers import WorkerRegistry
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 log = logging.getLogger("conveyor")
 
@@ -315,6 +317,20 @@ class Conveyor(TaskHost):
         self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
     ) -> list[AckResult]:
         """Ack many jobs in one transaction; one `AckResult` per item, in order."""
+        results, _ = await self._ack_batch(items, worker_id, _ack_result)
+        return results
+
+    async def ack_batch_json(
+        self, items: Sequence[AckItem | dict[str, Any]], *, worker_id: str | None = None
+    ) -> tuple[list[str], int]:
+        """`ack_batch`, each result as the JSON text the protocols send for it, and how many
+        items were acked: for protocol front ends, which pass the results on without using them
+        (as `pull_json`; no `AckResult` objects are built)."""
+        return await self._ack_batch(items, worker_id, _ack_result_json)
+
+    async def _ack_batch(
+        self, items: Sequence[AckItem | dict[str, Any]], worker_id: str | None, result: Callable[[Any, Any], R]
+    ) -> tuple[list[R], int]:
         _check_worker(worker_id)
         if not isinstance(items, (list, tuple)):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
@@ -324,31 +340,31 @@ class Conveyor(TaskHost):
         valid = [p for p in parsed if type(p) is tuple]
         now = self.now_ms()
         first_results: dict[UUID, Any] = {}
-        for job_id, result in valid:
-            first_results.setdefault(job_id, result)  # a repeated id is refused, not re-acked
+        for job_id, result_value in valid:
+            first_results.setdefault(job_id, result_value)  # a repeated id is refused, not re-acked
         transition = lifecycle.ack_transition(first_results, now, worker_id, self.jobs.follow_ups(now))
         outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
-        results, events, emitting = [], [], self.events.active
+        results: list[R] = []
+        events: list[Event] = []
+        emitting, acked = self.events.active, 0
         for index, entry in enumerate(parsed):
             if isinstance(entry, ValidationError):
                 raw = items[index]
                 raw_id = raw.get("id") if isinstance(raw, dict) else None
-                shown = None if raw_id is None else str(raw_id)
-                results.append(trusted(AckResult, {"id": shown, "ok": False, "error": entry.to_wire()}))
+                results.append(result(None if raw_id is None else str(raw_id), entry.to_wire()))
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):
-                results.append(
-                    trusted(AckResult, {"id": str(done.id), "ok": False, "error": done.change.error.to_wire()})
-                )
+                results.append(result(str(done.id), done.change.error.to_wire()))
             else:
-                results.append(trusted(AckResult, {"id": str(done.id), "ok": True, "error": None}))
+                results.append(result(str(done.id), None))
+                acked += 1
                 if emitting:
                     events.append(job_event("job.completed", done, now))
                     if done.spawned:
                         events.extend(spawn_events(done))
         self._emit(events)
-        return results
+        return results, acked
 
     async def fail(self, job_id: UUID | str, error: str, *, worker_id: str | None = None) -> FailOutcome:
         """Record a failed attempt: retry after backoff while attempts remain, else DLQ."""
@@ -608,6 +624,20 @@ def _webhook_id(value: Any) -> UUID:
 
 def _check_worker(worker_id: Any) -> None:
     limits.check_optional_text("worker_id", worker_id, limits.MAX_WORKER_ID_BYTES)
+
+
+def _ack_result(job_id: str | None, error: dict[str, Any] | None) -> AckResult:
+    return trusted(AckResult, {"id": job_id, "ok": error is None, "error": error})
+
+
+def _ack_result_json(job_id: str | None, error: dict[str, Any] | None) -> str:
+    """What `wire.encode` writes for ``_ack_result(job_id, error)``."""
+    if error is None and job_id is not None:  # an acked item: its id is a UUID's text
+        return f'{{"id":"{job_id}","ok":true,"error":null}}'
+    # A refused item's id is whatever the client sent, a lone surrogate included: escaped to
+    # ASCII, it goes back as sent and the reply stays encodable.
+    shown = "null" if job_id is None else json.dumps(job_id)
+    return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{json.dumps(error, separators=(",", ":"))}}}'
 
 
 def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:

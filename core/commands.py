@@ -136,9 +136,13 @@ async def ack(app: Conveyor, params: Params) -> Reply:
 @_command("ack_batch", wire.AckBatchParams, wire.AckBatchResponse)
 async def ack_batch(app: Conveyor, params: Params) -> Reply:
     """Ack many jobs in one transaction; one result per item, in order."""
-    results = await app.ack_batch(params["items"], worker_id=params.get("worker_id"))
-    acked = sum(1 for result in results if result.ok)
-    return {"ok": True, "acked": acked, "failed": len(results) - acked, "results": results}
+    results, acked = await app.ack_batch_json(params["items"], worker_id=params.get("worker_id"))
+    return {
+        "ok": True,
+        "acked": acked,
+        "failed": len(results) - acked,
+        "results": wire.JsonText(f"[{','.join(results)}]"),
+    }
 
 
 @_command("fail", wire.FailParams, wire.FailResponse)

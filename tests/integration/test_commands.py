@@ -97,6 +97,34 @@ async def test_what_rustqueue_clients_rely_on(app: Conveyor) -> None:
     assert (await run(app, "get", id=ids[1]))["job"]["last_error"] == "unknown error"
 
 
+async def test_ack_batch_answers_on_the_wire_what_the_embedded_api_returns(app: Conveyor) -> None:
+    """The command writes each result as JSON text (no `AckResult` objects): item for item, the
+    same values as the embedded ``ack_batch``, whatever the item held."""
+    odd_items = [5, {"id": None}, {"id": "nope"}, {"id": "ü-\ud800"}, {"id": 7}, {"result": 1}, {"id": "x", "bad": 1}]
+
+    async def batch(queue: str) -> list[Any]:
+        ids = (await run(app, "push_batch", queue=queue, jobs=[{"name": "a"}, {"name": "b"}, {"name": "c"}]))["ids"]
+        await run(app, "pull", queue=queue, count=2)  # the third stays waiting: refused
+        return [{"id": ids[0], "result": {"n": "ü"}}, {"id": ids[0]}, {"id": ids[1]}, {"id": ids[2]}, *odd_items]
+
+    embedded = [result.model_dump() for result in await app.ack_batch(await batch("embedded"))]
+    items = await batch("wire")
+    reply = await commands.execute(app, "ack_batch", {"items": items})
+    wired = json.loads(wire.encode(reply))
+    for index, (got, want) in enumerate(zip(wired["results"], embedded, strict=True)):
+        if index < 4:  # the jobs differ between the two queues, and so do their ids in messages
+            assert (got["ok"], got["error"] and got["error"]["code"]) == (
+                want["ok"],
+                want["error"] and want["error"]["code"],
+            )
+        else:
+            assert got == want
+    assert [r["id"] for r in wired["results"]] == [*[str(i["id"]) for i in items[:4]], None, None, "nope",
+                                                   "ü-\ud800", "7", None, "x"]  # fmt: skip
+    assert (wired["acked"], wired["failed"]) == (2, 9)
+    commands.COMMANDS["ack_batch"].response.model_validate(wired)
+
+
 async def test_unknown_and_missing_parameters_are_named(app: Conveyor) -> None:
     with pytest.raises(UnknownCommandError, match="'explode'"):
         await commands.execute(app, "explode", {})
