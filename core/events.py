@@ -29,7 +29,7 @@ from . import lifecycle
 from .errors import PluginError
 from .interfaces import EVENT_SCOPES, EventSink
 from .lifecycle import ms_to_dt
-from .models import Event, Job, JobState, trusted
+from .models import Event, EventName, Job, JobState
 from .storage import EventLog, Modified
 
 if TYPE_CHECKING:
@@ -348,7 +348,7 @@ async def _hand_over(name: str, sink: EventSink, events: Sequence[Event]) -> Non
 
 def _parse(payload: dict[str, Any]) -> Event | None:
     try:
-        return Event.model_validate(payload)
+        return Event.from_wire(payload)
     except ValueError:
         log.warning("skipping a malformed event in the shared log: %.200r", payload)
         return None
@@ -357,17 +357,13 @@ def _parse(payload: dict[str, Any]) -> Event | None:
 # -- the events of one change, built after it committed ---------------------------------------
 
 
-def job_event(name: str, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
-    return trusted(
-        Event,
-        {"event": name, "job_id": done.id, "queue": done.queue, "timestamp": ms_to_dt(now_ms), "data": data or {}},
-    )
+def job_event(name: EventName, done: Modified, now_ms: int, data: dict[str, Any] | None = None) -> Event:
+    assert done.queue is not None  # a changed job's queue is known
+    return Event(name, done.id, done.queue, ms_to_dt(now_ms), data or {})
 
 
 def pushed_event(job: Job) -> Event:
-    return trusted(
-        Event, {"event": "job.pushed", "job_id": job.id, "queue": job.queue, "timestamp": job.created_at, "data": {}}
-    )
+    return Event("job.pushed", job.id, job.queue, job.created_at, {})
 
 
 def spawn_events(done: Modified) -> list[Event]:
@@ -377,13 +373,7 @@ def spawn_events(done: Modified) -> list[Event]:
 def cascade_events(done: Modified, now_ms: int) -> list[Event]:
     """``job.dlq`` for each blocked descendant that ``done`` took down with it."""
     at = ms_to_dt(now_ms)
-    return [
-        trusted(
-            Event,
-            {"event": "job.dlq", "job_id": job_id, "queue": queue, "timestamp": at, "data": {"cause": str(done.id)}},
-        )
-        for job_id, queue in done.cascaded
-    ]
+    return [Event("job.dlq", job_id, queue, at, {"cause": str(done.id)}) for job_id, queue in done.cascaded]
 
 
 def failure_events(done: Modified, plan: lifecycle.FailurePlan, error: str, now_ms: int) -> list[Event]:

@@ -8,6 +8,8 @@ answer with HTTP 413 rather than 400.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 from uuid import UUID
@@ -19,6 +21,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
+    TypeAdapter,
 )
 
 from ._limits import parse
@@ -310,14 +313,19 @@ EventName = Literal["job.pushed", "job.completed", "job.failed", "job.dlq", "job
 EVENT_NAMES: tuple[str, ...] = EventName.__args__  # type: ignore[attr-defined]
 
 
-class Event(BaseModel):
-    """A lifecycle event handed to event sinks after the change it reports is committed."""
+@dataclass(slots=True)
+class Event:
+    """A lifecycle event handed to event sinks after the change it reports is committed.
+
+    A plain dataclass, not a model: the kernel makes one or two per job, and a model costs
+    2.5 times as much to build (bench_instructions.py: 9,500 against 3,800 instructions).
+    Events from elsewhere (the shared event log) are validated by `from_wire`."""
 
     event: EventName
     job_id: UUID
     queue: str
     timestamp: datetime
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = dataclass_field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -327,6 +335,14 @@ class Event(BaseModel):
             "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
             **({"data": self.data} if self.data else {}),
         }
+
+    @staticmethod
+    def from_wire(payload: Any) -> Event:
+        """The event `to_wire` wrote; `pydantic.ValidationError` (a ``ValueError``) if it is not one."""
+        return _EVENT.validate_python(payload)
+
+
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 def normalize_event_name(name: str) -> str:

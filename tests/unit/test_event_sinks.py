@@ -110,3 +110,17 @@ async def test_a_slow_sink_frees_buffer_space_operation_by_operation() -> None:
         await sink.release(until=5)
         await dispatcher.close()
     assert len(sink.seen) == 5
+
+
+def test_an_event_from_the_shared_log_is_validated() -> None:
+    """Events read back from the shared event log (PostgreSQL) are checked field by field: the
+    round trip gives the same event, and anything else is refused, not handed to sinks."""
+    sent = Event("job.dlq", uuid4(), "q", datetime.now(UTC), {"cause": "x"})
+    assert Event.from_wire(json.loads(json.dumps(sent.to_wire()))) == sent
+    plain = Event("job.pushed", uuid4(), "q", datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC))
+    assert Event.from_wire(plain.to_wire()) == plain and "data" not in plain.to_wire()
+    good = plain.to_wire()
+    for broken in ({**good, "event": "job.exploded"}, {**good, "job_id": "nope"}, {**good, "timestamp": "later"},
+                   {**good, "data": [1]}, {k: v for k, v in good.items() if k != "queue"}, "text"):  # fmt: skip
+        with pytest.raises(ValueError):
+            Event.from_wire(broken)
