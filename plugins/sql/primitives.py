@@ -281,6 +281,12 @@ def _claim_rows(
         keys = [key for (key,) in cur.fetchall()]
         if not keys:
             return [], d
+        # The statement's text depends on the length of its IN list. A full claim has the length
+        # the worker asks for, always the same; a partial one is padded to a power of two with a
+        # rowid SQLite never gives (they start at 1): a few texts in all, each prepared once and
+        # kept in the driver's statement cache.
+        if len(keys) < count:
+            keys += [-1] * ((1 << (len(keys) - 1).bit_length()) - len(keys))
         marks = d.placeholders(len(keys))
         cur.execute(f"{claim}WHERE rowid IN ({marks})", (*values, *keys))
         cur.execute(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({marks})", keys)

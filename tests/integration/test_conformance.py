@@ -100,6 +100,29 @@ async def test_lifo_jobs_jump_ahead_within_their_priority(app: Conveyor, clock: 
     assert [j.name for j in await app.pull("q", 10)] == ["urgent", "lifo2", "lifo1", "fifo1", "fifo2"]
 
 
+async def test_pulls_of_every_size_take_each_job_once_in_order(app: Conveyor, clock: FakeClock) -> None:
+    """Claims of 1 to 17 jobs take the jobs in priority-then-age order, each exactly once, and
+    leave the rest waiting; so do claims that find fewer jobs than asked for (SQLite pads
+    their IN lists to a power of two)."""
+    names = []
+    for i in range(160):
+        priority = (i * 7) % 3
+        names.append((-priority, i, await app.push("q", f"j{i}", priority=priority)))
+        clock.advance(1)
+    expected = [job_id for _, _, job_id in sorted(names)]
+    pulled = []
+    for count in range(1, 18):
+        got = await app.pull("q", count)
+        assert len(got) == count and all(job.state is JobState.ACTIVE for job in got)
+        pulled += [job.id for job in got]
+    assert pulled == expected[: len(pulled)]
+    assert (await app.stats("q")).waiting == 160 - len(pulled)
+    assert [job.id for job in await app.pull("q", 1000)] == expected[len(pulled) :]
+    for size in range(1, 18):  # claims that find fewer jobs than asked for
+        ids = await app.push_batch(f"partial-{size}", [{"name": f"p{i}"} for i in range(size)])
+        assert [job.id for job in await app.pull(f"partial-{size}", size + 5)] == ids
+
+
 async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     await app.push_batch("q", [{"name": f"j{i}"} for i in range(5)])
     first = await app.pull("q", 3, worker_id="w-1")
