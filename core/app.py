@@ -228,7 +228,7 @@ class Conveyor(TaskHost):
         if named != queue:
             raise ValidationError(f"queue: the job names another queue than {queue!r}", field="queue")
         built, text = self.jobs.build_item(queue, job, self.now_ms())
-        await self.storage.insert_jobs([built], [text], self.jobs.resolver([built], ["options"]))
+        await self.storage.insert_jobs([built], [text], self.jobs.resolver([built], lambda: ["options"]))
         self._emit_pushed([built])
         return built.id
 
@@ -242,8 +242,8 @@ class Conveyor(TaskHost):
         now = self.now_ms()
         built = [self.jobs.build_item(queue, item, now, f"jobs[{index}]") for index, item in enumerate(jobs)]
         jobs_built = [job for job, _ in built]
-        labels = [f"jobs[{i}].options" for i in range(len(built))]
-        await self.storage.insert_jobs(jobs_built, [text for _, text in built], self.jobs.resolver(jobs_built, labels))
+        resolve = self.jobs.resolver(jobs_built, lambda: [f"jobs[{i}].options" for i in range(len(built))])
+        await self.storage.insert_jobs(jobs_built, [text for _, text in built], resolve)
         self._emit_pushed([job for job, _ in built])
         return [job.id for job, _ in built]
 
@@ -254,7 +254,7 @@ class Conveyor(TaskHost):
         existing jobs by id. Every job gets the flow's ``flow_id`` (generated when absent).
         Refuses duplicate or unknown keys, self-dependencies, cycles and over-deep chains."""
         submitted, jobs, texts, labels = self.jobs.flow(flow, self.now_ms())
-        await self.storage.insert_jobs(jobs, texts, self.jobs.resolver(jobs, labels))
+        await self.storage.insert_jobs(jobs, texts, self.jobs.resolver(jobs, lambda: labels))
         self._emit_pushed(jobs)
         return submitted
 

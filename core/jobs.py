@@ -105,10 +105,12 @@ class JobBuilder:
             except ValidationError as exc:
                 raise prefixed(exc, where) from None
 
-    def resolver(self, jobs: list[Job], labels: list[str]) -> ResolveParents | None:
+    def resolver(self, jobs: list[Job], labels: Callable[[], list[str]]) -> ResolveParents | None:
+        """What checks the parents of ``jobs`` as they are inserted; None when none has any.
+        ``labels()`` locates each job in error messages, made only when needed."""
         if not any(job.depends_on for job in jobs):
             return None
-        return dag.parent_resolver(labels, self.max_dag_depth)
+        return dag.parent_resolver(labels(), self.max_dag_depth)
 
     def build_item(self, queue: str, item: Any, now_ms: int, where: str = "") -> tuple[Job, str]:
         """`build` for a `JobSpec` or a wire body (options nested or flat; anything else is
@@ -188,8 +190,10 @@ def _build_bare(queue: str, name: str, data: Any, now_ms: int) -> tuple[Job, str
     limits.check_bytes("name", name, limits.MAX_JOB_NAME_BYTES)
     data_text = limits.check_json_bytes("data", data, limits.MAX_DATA_BYTES)
     now = ms_to_dt(now_ms)
-    values = {**_BARE_JOB, "id": uuid7(), "name": name, "queue": queue, "data": data}
-    values.update(created_at=now, updated_at=now, logs=[], tags=[], depends_on=[])
+    values = {
+        **_BARE_JOB, "id": uuid7(), "name": name, "queue": queue, "data": data,
+        "created_at": now, "updated_at": now, "logs": [], "tags": [], "depends_on": [],
+    }  # fmt: skip
     return Job.trusted(values), data_text
 
 

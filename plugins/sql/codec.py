@@ -82,7 +82,16 @@ def encode_values(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _ms(dt: datetime | None) -> int | None:
-    return None if dt is None else round(dt.timestamp() * 1000)
+    if dt is None:
+        return None
+    global _last
+    last = _last  # one (datetime, ms) pair, read and replaced whole: safe across threads
+    if last[0] is not dt:  # the jobs of one batch share their times: convert each once
+        last = _last = (dt, round(dt.timestamp() * 1000))
+    return last[1]
+
+
+_last: tuple[datetime | None, int] = (None, 0)
 
 
 def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tuple[Any, ...]:
