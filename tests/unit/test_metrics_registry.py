@@ -38,6 +38,26 @@ async def test_the_metrics_plugin_installs_a_private_registry_by_default() -> No
     assert sample(text, "conveyor_jobs_pulled_total", queue="q") == 1
 
 
+async def test_event_counters_count_mixed_batches_by_name_and_queue() -> None:
+    """The sink counts a batch whose events share name and queue at once, and any other batch
+    event by event: every counter gets exactly its own events."""
+    async with Conveyor("sqlite:///:memory:", maintenance=False, plugin_autoload=False) as app:
+        await app.push_batch("q", [{"name": "a"}, {"name": "b"}, {"name": "c", "queue": "r"}])  # mixed queues
+        await app.push_batch("q", [{"name": "d"}, {"name": "e"}])  # one name, one queue
+        results = await app.ack_batch([{"id": job.id} for job in await app.pull("q", 4)])
+        assert all(result.ok for result in results)
+        doomed = await app.push("r", "f", max_attempts=1)
+        await app.pull("r", 5)
+        await app.fail(doomed, "boom")  # job.failed and job.dlq in one batch
+        await app.events.close()
+        text = app.metrics.render()
+    assert text is not None
+    expected = {("jobs_pushed_total", "q"): 4, ("jobs_pushed_total", "r"): 2, ("jobs_completed_total", "q"): 4,
+                ("jobs_failed_total", "r"): 1, ("jobs_dlq_total", "r"): 1, ("jobs_completed_total", "r"): None}  # fmt: skip
+    for (name, queue), count in expected.items():
+        assert sample(text, f"conveyor_{name}", queue=queue) == count, (name, queue)
+
+
 async def test_a_host_registry_receives_conveyors_metrics_and_can_be_shared() -> None:
     registry = CollectorRegistry()
     first, second = Conveyor("sqlite:///:memory:", maintenance=False), Conveyor("sqlite:///:memory:", maintenance=False)
