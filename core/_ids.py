@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 import uuid
@@ -10,15 +11,17 @@ import uuid
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
-_POOL_BYTES = 4096
-_pool = b""
-_pos = _POOL_BYTES
+_POOL_WORDS = 512
+_unpack_pool = struct.Struct(f">{_POOL_WORDS}Q").unpack
+_pool: tuple[int, ...] = ()
+"""Random 64-bit words from one ``os.urandom`` call, unpacked at once."""
+_next = _POOL_WORDS
 
 
 def _forget_pool() -> None:
     """A forked child must not hand out the random bits its parent also holds."""
-    global _pool, _pos
-    _pool, _pos = b"", _POOL_BYTES
+    global _pool, _next
+    _pool, _next = (), _POOL_WORDS
 
 
 os.register_at_fork(after_in_child=_forget_pool)
@@ -31,6 +34,9 @@ _set_is_safe = uuid.UUID.__dict__["is_safe"].__set__
 _UUID = uuid.UUID
 _UNKNOWN = uuid.SafeUUID.unknown
 _RAND_B = (1 << 62) - 1
+_VARIANT = 0b10 << 62
+_MS_MASK = (1 << 48) - 1
+_time_ns = time.time_ns
 
 
 def uuid7() -> uuid.UUID:
@@ -38,26 +44,33 @@ def uuid7() -> uuid.UUID:
 
     Within one millisecond the 12-bit ``rand_a`` field is a counter seeded randomly, so ids
     made in a burst still sort in creation order. Random bits come from ``os.urandom`` 4 KB at
-    a time: one system call per 400 ids instead of one per id, on every push's hot path.
+    a time, unpacked into 64-bit words in one call: one system call per ~500 ids instead of
+    one per id, on every push's hot path.
     """
-    global _last_ms, _counter, _pool, _pos
+    global _last_ms, _counter, _pool, _next
     with _lock:
-        ms = time.time_ns() // 1_000_000
-        if _pos + 10 > _POOL_BYTES:
-            _pool, _pos = os.urandom(_POOL_BYTES), 0
-        random = int.from_bytes(_pool[_pos : _pos + 10], "big")
-        _pos += 10
-        if ms > _last_ms:
+        ms = _time_ns() // 1_000_000
+        i = _next
+        if i > _POOL_WORDS - 2:
+            _pool, i = _unpack_pool(os.urandom(_POOL_WORDS * 8)), 0
+        rand_b = _pool[i] & _RAND_B
+        if ms > _last_ms:  # a new millisecond: the counter starts from another random word
             _last_ms = ms
-            _counter = (random >> 64) & 0x7FF
+            _counter = _pool[i + 1] & 0x7FF
+            i += 2
         else:
+            i += 1
             _counter += 1
             if _counter > 0xFFF:
                 _last_ms += 1
                 _counter = 0
             ms = _last_ms
-        counter = _counter
-    return uuid_from_int((ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | (random & _RAND_B))
+        _next = i
+        high = (ms & _MS_MASK) << 16 | 0x7000 | _counter  # unix_ts_ms, version 7, rand_a
+    made = _new(_UUID)  # as `uuid_from_int`, inline: this runs once per job pushed
+    _set_int(made, high << 64 | _VARIANT | rand_b)
+    _set_is_safe(made, _UNKNOWN)
+    return made
 
 
 def uuid_from_int(value: int) -> uuid.UUID:
