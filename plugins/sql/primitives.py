@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from functools import lru_cache
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlalchemy import Connection, insert, select, text, update
@@ -45,6 +45,14 @@ Woken = set[str]
 DEPS = deps.name
 _NO_VALUES: dict[str, Any] = {}
 CHUNK = 500
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``size``: a statement binds a bounded number of values (SQLite
+    before 3.32 takes at most 999), and a parent may have 100,000 children."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _cursor(conn: Connection) -> tuple[Any, Dialect]:
@@ -52,11 +60,14 @@ def _cursor(conn: Connection) -> tuple[Any, Dialect]:
 
 
 def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
-    cur.execute(
-        d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(names))})"),
-        (True, *names),
-    )
-    return [row[0] for row in cur.fetchall()]
+    paused = []
+    for chunk in _chunks(names):
+        cur.execute(
+            d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(chunk))})"),
+            (True, *chunk),
+        )
+        paused += [row[0] for row in cur.fetchall()]
+    return paused
 
 
 def insert_jobs(
@@ -114,19 +125,20 @@ def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -
     """Longest chain of unfinished ancestors above each job (0 when none), up to ``cap``.
     Completed ancestors do not count: the limit bounds what is still waiting, so a pipeline
     of follow-ups can run for any number of generations."""
-    if not ids:
-        return {}
-    cur.execute(
-        d.sql(
-            f"WITH RECURSIVE up(root, id, depth) AS ("
-            f"SELECT id, id, 0 FROM {TABLE} WHERE id IN ({d.placeholders(len(ids))}) "
-            f"UNION SELECT up.root, e.parent_id, up.depth + 1 FROM {DEPS} e JOIN up ON e.child_id = up.id "
-            f"JOIN {TABLE} p ON p.id = e.parent_id AND p.state <> 'completed' "
-            "WHERE up.depth < ?) SELECT root, max(depth) FROM up GROUP BY root"
-        ),
-        [*(d.encode_id(i) for i in ids), cap],
-    )
-    return {d.decode_id(root): depth for root, depth in cur.fetchall()}
+    depths: dict[UUID, int] = {}
+    for chunk in _chunks(ids):
+        cur.execute(
+            d.sql(
+                f"WITH RECURSIVE up(root, id, depth) AS ("
+                f"SELECT id, id, 0 FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) "
+                f"UNION SELECT up.root, e.parent_id, up.depth + 1 FROM {DEPS} e JOIN up ON e.child_id = up.id "
+                f"JOIN {TABLE} p ON p.id = e.parent_id AND p.state <> 'completed' "
+                "WHERE up.depth < ?) SELECT root, max(depth) FROM up GROUP BY root"
+            ),
+            [*(d.encode_id(i) for i in chunk), cap],
+        )
+        depths.update((d.decode_id(root), depth) for root, depth in cur.fetchall())
+    return depths
 
 
 def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int) -> Woken:
@@ -135,8 +147,8 @@ def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int
     parents completing at once on two nodes then see each other's commit, so the last one
     to finish releases the child. Work goes in chunks: a parent may have 100,000 children."""
     children: list[Any] = []
-    for start in range(0, len(parents), CHUNK):
-        keys = [d.encode_id(p) for p in parents[start : start + CHUNK]]
+    for chunk in _chunks(parents):
+        keys = [d.encode_id(p) for p in chunk]
         cur.execute(
             d.sql(
                 f"SELECT id FROM {TABLE} WHERE state = 'blocked' AND id IN (SELECT child_id FROM {DEPS} "
@@ -146,8 +158,7 @@ def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int
         )
         children += [row[0] for row in cur.fetchall()]
     woken: Woken = set()
-    for start in range(0, len(children), CHUNK):
-        chunk = children[start : start + CHUNK]
+    for chunk in _chunks(children):
         cur.execute(
             d.sql(
                 f"UPDATE {TABLE} SET state = CASE WHEN delay_until IS NOT NULL AND delay_until > ? "
@@ -219,16 +230,17 @@ def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
     for queue, key in keyed:
         by_queue[queue].append(key)
     for queue, keys in by_queue.items():
-        cur.execute(
-            d.sql(
-                f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND unique_key IS NOT NULL AND {PENDING_SQL} "
-                f"AND unique_key IN ({d.placeholders(len(keys))}) LIMIT 1"
-            ),
-            (queue, *keys),
-        )
-        held = cur.fetchone()
-        if held is not None:
-            raise _duplicate(queue, held[0], f"by pending job {d.decode_id(held[1])}")
+        for chunk in _chunks(keys):
+            cur.execute(
+                d.sql(
+                    f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND unique_key IS NOT NULL "
+                    f"AND {PENDING_SQL} AND unique_key IN ({d.placeholders(len(chunk))}) LIMIT 1"
+                ),
+                (queue, *chunk),
+            )
+            held = cur.fetchone()
+            if held is not None:
+                raise _duplicate(queue, held[0], f"by pending job {d.decode_id(held[1])}")
 
 
 def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
@@ -279,18 +291,19 @@ def _claim_rows(
         # SQLite first copies into a temporary table.
         cur.execute(pick, (queue, queue, True, count))
         keys = [key for (key,) in cur.fetchall()]
-        if not keys:
-            return [], d
-        # The statement's text depends on the length of its IN list. A full claim has the length
-        # the worker asks for, always the same; a partial one is padded to a power of two with a
-        # rowid SQLite never gives (they start at 1): a few texts in all, each prepared once and
-        # kept in the driver's statement cache.
-        if len(keys) < count:
-            keys += [-1] * ((1 << (len(keys) - 1).bit_length()) - len(keys))
-        marks = d.placeholders(len(keys))
-        cur.execute(f"{claim}WHERE rowid IN ({marks})", (*values, *keys))
-        cur.execute(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({marks})", keys)
-        rows = cur.fetchall()
+        rows = []
+        for part in _chunks(keys):
+            # The statement's text depends on the length of its IN list. A full claim's chunks
+            # have lengths fixed by the count the worker asks for; a partial claim's are padded
+            # to a power of two (at most CHUNK) with a rowid SQLite never gives (they start at
+            # 1): a few texts in all, each prepared once and kept in the driver's cache.
+            chunk = list(part)
+            if len(keys) < count:
+                chunk += [-1] * (min(1 << (len(chunk) - 1).bit_length(), CHUNK) - len(chunk))
+            marks = d.placeholders(len(chunk))
+            cur.execute(f"{claim}WHERE rowid IN ({marks})", (*values, *chunk))
+            cur.execute(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({marks})", chunk)
+            rows += cur.fetchall()
     return sorted(rows, key=_claim_order), d  # neither RETURNING nor IN gives a defined order
 
 
@@ -305,8 +318,8 @@ def _claim_order(row: Sequence[Any]) -> tuple[int, int, Any]:
 def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -> Iterator[Sequence[Any]]:
     """``columns`` of the rows with these ids, in chunks, in id order and locked (PostgreSQL):
     one lock order everywhere, so two nodes never deadlock on each other's rows."""
-    for start in range(0, len(ids), CHUNK):
-        chunk = [d.encode_id(i) for i in ids[start : start + CHUNK]]
+    for part in _chunks(ids):
+        chunk = [d.encode_id(i) for i in part]
         cur.execute(
             d.sql(
                 f"SELECT {columns} FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))}) ORDER BY id{d.for_update}"
@@ -314,6 +327,12 @@ def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -
             chunk,
         )
         yield from cur.fetchall()
+
+
+def _delete_rows(cur: Any, d: Dialect, keys: Sequence[Any]) -> None:
+    """Delete the rows with these encoded ids, in chunks (SQLite before 3.32 binds 999 values)."""
+    for chunk in _chunks(keys):
+        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))})"), chunk)
 
 
 def _lock_in_order(cur: Any, d: Dialect, ids: Sequence[UUID]) -> None:
@@ -352,11 +371,7 @@ def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[
             pending.pop(job_id, None)
             current[job_id] = None
     _write_updates(cur, d, pending)
-    if deleted:
-        cur.execute(
-            d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(deleted))})"),
-            [d.encode_id(i) for i in deleted],
-        )
+    _delete_rows(cur, d, [d.encode_id(i) for i in deleted])
     results, released = _apply_children(cur, d, results)
     return results, woken | released
 
@@ -379,8 +394,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     parents: list[UUID] = []  # changed jobs with dependents (the only ones worth a release)
     parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
-    for start in range(0, len(items), CHUNK):
-        chunk = items[start : start + CHUNK]
+    per_chunk = CHUNK // (1 + len(extra))  # at most ~CHUNK bound values: old SQLite takes 999
+    for chunk in _chunks(items, per_chunk):
         params: list[Any] = []
         for key, job_id in chunk:
             params.append(key)
@@ -397,8 +412,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             if t.follow_ups is not None and meta_text is not None and '"follow_ups"' in meta_text:
                 parents_meta[key] = (json.loads(meta_text), flow_id)
     spawned = _spawn_follow_ups(conn, t, unique, parents_meta)
-    if doomed := [key for key, (_, delete) in done.items() if delete]:
-        cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(doomed))})"), doomed)
+    _delete_rows(cur, d, [key for key, (_, delete) in done.items() if delete])
     accepted: list[bool] = []
     seen: set[Any] = set()
     for key in keys:  # an id given twice is accepted once, then refused as already changed

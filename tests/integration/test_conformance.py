@@ -123,6 +123,41 @@ async def test_pulls_of_every_size_take_each_job_once_in_order(app: Conveyor, cl
         assert [job.id for job in await app.pull(f"partial-{size}", size + 5)] == ids
 
 
+async def test_large_sqlite_claims_fit_sqlite_builds_that_bind_999_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.32 binds at most 999 values per statement: claims of up to the largest
+    count, full or partial, acks of the largest batch, pushes into as many queues with as many
+    unique keys, and their removal still work there (their lists of values go in chunks)."""
+    import sqlite3
+
+    from conveyor.plugins.sql.sqlite import SqliteStorage
+
+    connect = SqliteStorage._connect
+
+    def limited(self: SqliteStorage) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(SqliteStorage, "_connect", limited)
+    async with Conveyor(f"sqlite:///{tmp_path / 'old.db'}", maintenance=False, plugin_autoload=False) as app:
+        full = await app.push_batch("q", [{"name": f"j{i}"} for i in range(1000)])
+        assert [job.id for job in await app.pull("q", 1000)] == full
+        partial = await app.push_batch("q", [{"name": f"k{i}"} for i in range(600)])
+        assert [job.id for job in await app.pull("q", 1000)] == partial
+        assert await app.pull("q", 1000) == []
+        results = await app.ack_batch([{"id": job_id, "result": {"n": 1}} for job_id in [*full, *partial][:1000]])
+        assert len(results) == 1000 and all(result.ok for result in results)
+        # a batch into 1,000 queues, with 1,000 unique keys, removed when acked
+        many = [{"name": "m", "queue": f"m{i}", "unique_key": f"k{i}", "remove_on_complete": True} for i in range(1000)]
+        pushed = await app.push_batch("q", many)
+        claimed = [job.id for i in range(1000) for job in await app.pull(f"m{i}")]
+        assert claimed == pushed
+        assert all(result.ok for result in await app.ack_batch([{"id": job_id} for job_id in claimed]))
+        assert await app.get(pushed[0]) is None
+
+
 async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     await app.push_batch("q", [{"name": f"j{i}"} for i in range(5)])
     first = await app.pull("q", 3, worker_id="w-1")
