@@ -631,13 +631,16 @@ def _ack_result(job_id: str | None, error: dict[str, Any] | None) -> AckResult:
 
 
 def _ack_result_json(job_id: str | None, error: dict[str, Any] | None) -> str:
-    """What `wire.encode` writes for ``_ack_result(job_id, error)``."""
+    """What `wire.encode` writes for ``_ack_result(job_id, error)`` (a lone surrogate in a
+    refused item's id aside, which that cannot encode)."""
     if error is None and job_id is not None:  # an acked item: its id is a UUID's text
         return f'{{"id":"{job_id}","ok":true,"error":null}}'
-    # A refused item's id is whatever the client sent, a lone surrogate included: escaped to
-    # ASCII, it goes back as sent and the reply stays encodable.
-    shown = "null" if job_id is None else json.dumps(job_id)
-    return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{json.dumps(error, separators=(",", ":"))}}}'
+    # A refused item's id is whatever the client sent. A lone surrogate in it is shown as its
+    # escape text, as error messages show one: JSON's \\u escape would carry it through, and
+    # strict parsers (serde_json, so RustQueue's clients) refuse the whole reply for it.
+    shown = "null" if job_id is None else json.dumps(limits.printable(job_id), ensure_ascii=False)
+    error_text = json.dumps(error, ensure_ascii=False, separators=(",", ":"))
+    return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{error_text}}}'
 
 
 def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:
