@@ -3,7 +3,6 @@ and is the async embedded API every protocol front end calls."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -638,9 +637,8 @@ def _ack_result_json(job_id: str | None, error: dict[str, Any] | None) -> str:
     # A refused item's id is whatever the client sent. A lone surrogate in it is shown as its
     # escape text, as error messages show one: JSON's \\u escape would carry it through, and
     # strict parsers (serde_json, so RustQueue's clients) refuse the whole reply for it.
-    shown = "null" if job_id is None else json.dumps(limits.printable(job_id), ensure_ascii=False)
-    error_text = json.dumps(error, ensure_ascii=False, separators=(",", ":"))
-    return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{error_text}}}'
+    shown = "null" if job_id is None else limits.dumps(limits.printable(job_id))
+    return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{limits.dumps(error)}}}'
 
 
 def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:
