@@ -580,20 +580,16 @@ def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int
 
 def list_queues(conn: Connection, queue: str | None) -> list[QueueRow]:
     cur, d = _cursor(conn)
-    one = "" if queue is None else " AND queue = ?"
-    cur.execute(
-        d.sql(f"SELECT name, paused FROM conveyor_queues{' WHERE name = ?' if one else ''}"), (queue,) * bool(one)
-    )
+    params = () if queue is None else (queue,)
+    cur.execute(d.sql("SELECT name, paused FROM conveyor_queues" + (" WHERE name = ?" if params else "")), params)
     found: dict[str, QueueRow] = {name: QueueRow(name, bool(paused)) for name, paused in cur.fetchall()}
     # one count per index: settled jobs by the settled index, waiting and active by their own
-    cur.execute(
-        d.sql(
-            f"SELECT queue, state, count(*) FROM {TABLE} WHERE {SETTLED_SQL}{one} GROUP BY queue, state "
-            f"UNION ALL SELECT queue, state, count(*) FROM {TABLE} WHERE state = 'waiting'{one} GROUP BY queue, state "
-            f"UNION ALL SELECT queue, state, count(*) FROM {TABLE} WHERE {ACTIVE_SQL}{one} GROUP BY queue, state"
-        ),
-        (queue,) * 3 * bool(one),
+    only = " AND queue = ?" if params else ""
+    counts = " UNION ALL ".join(
+        f"SELECT queue, state, count(*) FROM {TABLE} WHERE {where}{only} GROUP BY queue, state"
+        for where in (SETTLED_SQL, "state = 'waiting'", ACTIVE_SQL)
     )
+    cur.execute(d.sql(counts), params * 3)
     for name, state, n in cur.fetchall():
         found.setdefault(name, QueueRow(name)).counts[state] = n
     return [found[name] for name in sorted(found)]
