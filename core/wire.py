@@ -28,6 +28,21 @@ class JsonText(str):
     __slots__ = ()
 
 
+def loads(raw: bytes) -> Any:
+    """A request's JSON as both protocols read it. UTF-8 only, decoded strictly first:
+    ``json.loads`` of bytes would guess UTF-16 or 32 and let a BOM and UTF-8-encoded surrogates
+    through. NaN and Infinity are refused (they are not JSON). Raises ``ValueError`` naming the
+    problem, "nested too deeply" for a document deeper than the parser's recursion limit."""
+    try:
+        return json.loads(raw.decode(), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def encode(reply: dict[str, Any]) -> bytes:
     """A reply as compact UTF-8 JSON, the bytes both protocols send. Replies hold JSON values,
     UUIDs, models (serialized here in one pass, not first copied into a dict; a UUID costs a

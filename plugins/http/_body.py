@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +9,7 @@ import anyio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from conveyor import wire
 from conveyor.errors import LimitExceededError, ValidationError
 
 DISCARD_LIMITS = 4
@@ -20,10 +20,6 @@ class UnsupportedMediaTypeError(ValidationError):
     """A body sent as something other than JSON: ``VALIDATION_ERROR`` with HTTP 415."""
 
     http_status = 415
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -68,10 +64,9 @@ async def read_json(request: Request, limit: int) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise ValidationError(f"request body is not valid JSON: {reason}", field="body") from None
+        return wire.loads(raw)
+    except ValueError as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
 
 async def _discard_rest(stream: AsyncIterator[bytes], limit: int) -> None:

@@ -10,7 +10,6 @@ commits.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import math
 import resource
@@ -134,10 +133,6 @@ def _encode(reply: dict[str, Any]) -> bytes:
 
 def _error(exc: ConveyorError) -> dict[str, Any]:
     return {"ok": False, "error": exc.to_wire()}
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 class TcpServer:
@@ -342,14 +337,12 @@ def _parse(line: bytes) -> dict[str, Any] | ConveyorError:
     """The request object on ``line``, or the error to answer it with."""
     if not line.strip():
         return ParseError("empty line: send one JSON object per line")
-    if b"\x00" in line:  # UTF-16/32, which json.loads would guess and accept: the protocol is UTF-8
+    if b"\x00" in line:  # UTF-16/32: the protocol is UTF-8, and this says so more plainly than a JSON error
         return ParseError("line is not valid JSON: it holds a NUL byte (send UTF-8)")
     try:
-        # decoded first: json.loads(bytes) lets UTF-8-encoded surrogates and a BOM through
-        request = json.loads(line.decode(), parse_constant=_refuse_constant)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        return ParseError(f"line is not valid JSON: {reason}")
+        request = wire.loads(line)
+    except ValueError as exc:
+        return ParseError(f"line is not valid JSON: {exc}")
     if not isinstance(request, dict):
         return ParseError(f"line must be a JSON object, got {type(request).__name__}")
     return request

@@ -41,13 +41,17 @@ MALFORMED = [
     (b'{"name": "x",', "not valid JSON"),
     (b'{"name": "x", "data": NaN}', "not valid JSON"),
     (b'{"name": "x", "data": "\xff\xfe"}', "not valid JSON"),
+    ('{"name": "x"}'.encode("utf-16"), "not valid JSON"),  # the protocol is UTF-8, as on TCP
+    (b'\xef\xbb\xbf{"name": "x"}', "not valid JSON"),  # a UTF-8 byte order mark
     (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
     (b'"just a string"', "must be a JSON object"),
     (b"42", "must be a JSON object"),
 ]
 
 
-@pytest.mark.parametrize(("body", "says"), MALFORMED, ids=["truncated", "nan", "bad-utf8", "deep", "string", "number"])
+@pytest.mark.parametrize(
+    ("body", "says"), MALFORMED, ids=["truncated", "nan", "bad-utf8", "utf-16", "bom", "deep", "string", "number"]
+)
 def test_malformed_json(http: httpx.Client, queue: str, body: bytes, says: str) -> None:
     err = error(http.post(f"/queues/{queue}/jobs", content=body, headers={"content-type": "application/json"}),
                 400, "VALIDATION_ERROR")  # fmt: skip
