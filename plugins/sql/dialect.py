@@ -19,6 +19,8 @@ from .tables import jobs
 COLUMNS: tuple[str, ...] = tuple(c.name for c in jobs.columns)
 COLUMN_LIST = ", ".join(COLUMNS)
 TABLE = jobs.name
+CHUNK = 500
+"""Bound values per statement at most: SQLite builds before 3.32 take 999."""
 
 
 class Dialect:

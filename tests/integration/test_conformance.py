@@ -158,6 +158,28 @@ async def test_large_sqlite_claims_fit_sqlite_builds_that_bind_999_values(
         assert await app.get(pushed[0]) is None
 
 
+async def test_a_batch_mixing_usual_and_other_values_stores_each_row_as_pushed(app: Conveyor) -> None:
+    """Columns that hold a new job's usual value in every row of a batch are written into the
+    insert as constants (`inserts`); a batch where some rows differ must store each row's own."""
+    usual = {"priority": 0, "max_attempts": 3, "backoff": "exponential", "backoff_delay_ms": 1000,
+             "lifo": False, "remove_on_complete": False, "remove_on_fail": False}  # fmt: skip
+    other = {"priority": -2, "max_attempts": 1, "backoff": "fixed", "backoff_delay_ms": 0,
+             "lifo": True, "remove_on_complete": True, "remove_on_fail": True}  # fmt: skip
+    items = [{"name": f"j{i}", "data": i, **usual} for i in range(70)]
+    for i, (key, value) in enumerate(other.items()):
+        items[9 * i + 3][key] = value  # each column differs in one row, spread over the statements
+    items.append({"name": "delayed", "delay_ms": 60_000})
+    ids = await app.push_batch("q", items)
+    for job_id, item in zip(ids, items, strict=True):
+        job = await app.get(job_id)
+        assert job is not None
+        want = {**usual, **{k: v for k, v in item.items() if k in usual}}
+        assert {key: getattr(job, key) for key in usual} == want, item["name"]
+        assert (job.name, job.attempt, job.progress) == (item["name"], 0, 0)
+        assert job.state == (JobState.DELAYED if item["name"] == "delayed" else JobState.WAITING)
+    assert len(await app.push_batch("q", [{"name": f"k{i}"} for i in range(129)])) == 129
+
+
 async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     await app.push_batch("q", [{"name": f"j{i}"} for i in range(5)])
     first = await app.pull("q", 3, worker_id="w-1")

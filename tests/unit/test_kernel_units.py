@@ -139,6 +139,37 @@ def test_row_codec_round_trips_every_field() -> None:
             assert ("metadata" in json.loads(rendered)) is (variant.metadata is not None)
 
 
+def test_inserts_bind_what_varies_and_write_usual_values_as_constants() -> None:
+    from conveyor.jobs import JobBuilder
+    from conveyor.plugins.sql.codec import encode_job
+    from conveyor.plugins.sql.dialect import POSTGRES, SQLITE, Dialect
+    from conveyor.plugins.sql.inserts import insert_statements
+
+    builder = JobBuilder(64)
+
+    def row(item: dict[str, object], dialect: Dialect = SQLITE, now_ms: int = 1_800_000_000_000) -> tuple[object, ...]:
+        job, data_text = builder.build_item("q", item, now_ms)
+        return encode_job(job, dialect, data_text)
+
+    rows = [row({"name": "j", "data": i}) for i in range(50)]
+    statements = list(insert_statements(SQLITE, rows))
+    # 50 rows: 32, 16 and 2 to a statement (row counts are powers of two: few statement texts)
+    assert [sql.count("(?") for sql, _ in statements] == [32, 16, 2]
+    assert [len(params) for _, params in statements] == [7 * 32, 7 * 16, 7 * 2]  # 7 of 36 columns bound
+    sql = statements[2][0]
+    assert sql.startswith("INSERT INTO conveyor_jobs (id, name, queue, data, order_key, created_at, updated_at, state,")
+    assert "'waiting', 0, 0, 3, 0, 'exponential', 1000, FALSE, FALSE, FALSE)" in sql
+    assert statements[0][1][:8] == [rows[0][0], "j", "q", "0", *[1_800_000_000_000] * 3, rows[1][0]]
+    # one row off the usual value: that column is bound for the whole batch
+    rows[7] = row({"name": "j", "priority": 1, "lifo": True}, POSTGRES)
+    sql, params = next(insert_statements(POSTGRES, rows))
+    assert "priority" in sql.split("VALUES")[0] and "%s" in sql and "?" not in sql
+    assert len(params) == 32 * 9 and "TRUE" not in sql  # priority and lifo bound, not inline
+    # a batch too big for one statement: at most CHUNK values each
+    many = [row({"name": "j"}) for _ in range(1000)]
+    assert [len(p) // 6 for _, p in insert_statements(SQLITE, many)] == [64] * 15 + [32, 8]
+
+
 def test_json_text_is_written_as_it_is_where_other_strings_are_quoted() -> None:
     from conveyor import wire
 
