@@ -7,9 +7,10 @@ statement (NULL) or written into it as literals, so only the columns that vary a
 Measured with bench_instructions.py (tests/benchmarks/RESULTS.md).
 
 Statement texts depend on the batch's shape (which columns are bound, which inline) and on the
-number of rows. Row counts are powers of two (a batch of 50 is three statements: 32, 16 and 2
-rows), so a shape has at most a handful of texts, each prepared once and kept in the driver's
-statement cache.
+number of rows. On SQLite, row counts are powers of two (a batch of 50 is three statements: 32,
+16 and 2 rows), so a shape has at most a handful of texts, each prepared once and kept in the
+driver's statement cache. On PostgreSQL each statement is a round trip, so a batch goes in as few
+as the bound-value limit allows.
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def insert_statements(d: Dialect, rows: Sequence[Sequence[Any]]) -> Iterator[tup
     order, as `codec.encode_job` makes them), together all of them."""
     shape = _shape(rows)
     pick = _picker(shape[0])
-    per_statement = _largest_power_of_two(CHUNK // len(shape[0]))
+    most = CHUNK // len(shape[0])
     start = 0
     while start < len(rows):
-        size = min(per_statement, _largest_power_of_two(len(rows) - start))
+        if d.postgres:  # each statement is a round trip: as few as can be
+            size = min(most, len(rows) - start)
+        else:
+            size = min(_largest_power_of_two(most), _largest_power_of_two(len(rows) - start))
         part = rows[start : start + size]
         yield _insert_sql(d, shape, size), list(chain.from_iterable(map(pick, part)))
         start += size
