@@ -250,8 +250,8 @@ def _claim_rows(
 ) -> tuple[list[Any], Dialect]:
     """The claimed rows, in claim order."""
     cur, d = _cursor(conn)
-    pick = (
-        f"SELECT {d.row_key} FROM {TABLE} WHERE queue = ? AND state = 'waiting' "
+    waiting = (
+        f"FROM {TABLE} WHERE queue = ? AND state = 'waiting' "
         "AND NOT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = ? AND paused = ?) "
         f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}"
     )
@@ -265,34 +265,41 @@ def _claim_rows(
         # IN-subquery with LIMIT ... SKIP LOCKED per row and claim more than ``count`` jobs.
         cur.execute(
             d.sql(
-                f"WITH picked AS MATERIALIZED ({pick}) {claim}WHERE id IN (SELECT id FROM picked) AND state = 'waiting' RETURNING {COLUMN_LIST}"
+                f"WITH picked AS MATERIALIZED (SELECT id {waiting}) {claim}"
+                f"WHERE id IN (SELECT id FROM picked) AND state = 'waiting' RETURNING {COLUMN_LIST}"
             ),
             (queue, queue, True, count, *values),
         )
-        rows = cur.fetchall()
-    else:
-        # The group's write transaction holds SQLite's only write lock, so pick, update and read
-        # back may be three statements: ~10% cheaper than one UPDATE ... RETURNING, whose rows
-        # SQLite first copies into a temporary table.
-        cur.execute(pick, (queue, queue, True, count))
-        keys = [key for (key,) in cur.fetchall()]
-        rows = []
-        for part in _chunks(keys):
-            # The statement's text depends on the length of its IN list. A full claim's chunks
-            # have lengths fixed by the count the worker asks for; a partial claim's are padded
-            # to a power of two (at most CHUNK) with a rowid SQLite never gives (they start at
-            # 1): a few texts in all, each prepared once and kept in the driver's cache.
-            chunk = list(part)
-            if len(keys) < count:
-                chunk += [-1] * (min(1 << (len(chunk) - 1).bit_length(), CHUNK) - len(chunk))
-            marks = d.placeholders(len(chunk))
-            cur.execute(f"{claim}WHERE rowid IN ({marks})", (*values, *chunk))
-            cur.execute(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({marks})", chunk)
-            rows += cur.fetchall()
-    return sorted(rows, key=_claim_order), d  # neither RETURNING nor IN gives a defined order
+        return sorted(cur.fetchall(), key=_claim_order), d  # RETURNING gives no defined order
+    # The group's write transaction holds SQLite's only write lock, so the rows may be read,
+    # then updated: two statements, cheaper than one UPDATE ... RETURNING (which copies its
+    # rows into a temporary table and gives them in no defined order). What the update writes
+    # is known, so the rows read are changed the same way here (`_claimed`).
+    cur.execute(f"SELECT rowid, {COLUMN_LIST} {waiting}", (queue, queue, True, count))
+    picked = cur.fetchall()
+    for part in _chunks(picked):
+        # The statement's text depends on the length of its IN list. A full claim's chunks
+        # have lengths fixed by the count the worker asks for; a partial claim's are padded
+        # to a power of two (at most CHUNK) with a rowid SQLite never gives (they start at
+        # 1): a few texts in all, each prepared once and kept in the driver's cache.
+        keys = [row[0] for row in part]
+        if len(picked) < count:
+            keys += [-1] * (min(1 << (len(keys) - 1).bit_length(), CHUNK) - len(keys))
+        cur.execute(f"{claim}WHERE rowid IN ({d.placeholders(len(keys))})", (*values, *keys))
+    return [_claimed(row, now_ms, worker_id) for row in picked], d
 
 
 _PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")
+_TIMEOUT_MS = COLUMNS.index("timeout_ms") + 1  # in a row read with its rowid first
+
+
+def _claimed(row: Sequence[Any], now_ms: int, worker_id: str | None) -> tuple[Any, ...]:
+    """A waiting row (rowid first) as the claim's UPDATE leaves it, in `COLUMNS` order (which
+    `codec.EXPECTED_COLUMNS` pins): state, updated_at, started_at, worker_id, last_heartbeat,
+    deadline_at and expires_at set."""
+    timeout = row[_TIMEOUT_MS]
+    deadline = None if timeout is None else timeout + now_ms
+    return (*row[1:7], "active", *row[8:14], now_ms, now_ms, *row[16:33], worker_id, now_ms, deadline, None)
 
 
 def _claim_order(row: Sequence[Any]) -> tuple[int, int, Any]:

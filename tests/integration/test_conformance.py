@@ -189,6 +189,25 @@ async def test_pull_count_and_worker_id(app: Conveyor) -> None:
     assert await app.pull("other") == []
 
 
+async def test_pulled_jobs_are_the_jobs_as_stored_after_the_claim(app: Conveyor, clock: FakeClock) -> None:
+    """A claim returns each job as its row now reads, every field (SQLite reads the rows, then
+    updates them, and changes what it read the same way)."""
+    await app.push_batch("q", [
+        {"name": "plain", "data": [1]}, {"name": "timed", "timeout_ms": 5_000, "priority": 2},
+        {"name": "ttl", "ttl_ms": 60_000, "tags": ["t"], "metadata": META}, {"name": "lifo", "lifo": True},
+    ])  # fmt: skip
+    clock.advance(1_234)
+    pulled = await app.pull("q", 3, worker_id="w-9")
+    assert [job.name for job in pulled] == ["timed", "lifo", "plain"]
+    for job in pulled:
+        assert job == await app.get(job.id)
+        assert (job.state, job.worker_id, job.started_at) == (JobState.ACTIVE, "w-9", ms_to_dt(clock.now))
+    [text] = await app.pull_json("q", 5)
+    stored = await app.get(json.loads(text)["id"])
+    assert stored is not None and same_json(text, to_json(stored))
+    assert stored.name == "ttl" and stored.worker_id is None and stored.state is JobState.ACTIVE
+
+
 def same_json(a: str | bytes, b: str | bytes) -> bool:
     """The same JSON value, key order and types included (``True == 1 == 1.0`` in Python, not
     in JSON): both re-serialized the same way."""
