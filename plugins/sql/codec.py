@@ -238,6 +238,24 @@ def render_job(row: Sequence[Any], dialect: Dialect) -> str:
     ) = row  # fmt: skip
     if logs:
         return to_json(decode_job(row, dialect)).decode()
+    if (
+        custom_id is None and result is None and delay_until is None and completed_at is None
+        and last_error is None and ttl_ms is None and timeout_ms is None and unique_key is None and tags is None
+        and group_id is None and metadata is None and depends_on is None and flow_id is None
+        and not (lifo or remove_on_complete or remove_on_fail)
+    ):  # fmt: skip
+        # the usual job: every optional field empty, the same text as below with ~2x fewer calls
+        return (
+            f'{{"id":"{dialect.id_text(id_)}","custom_id":null,"name":{encode_basestring(name)},'
+            f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":null,'
+            f'"state":{_STATE_JSON[state]},"progress":{progress},"logs":[],"priority":{priority},'
+            f'"delay_until":null,"created_at":{_time(created_at)},"updated_at":{_time(updated_at)},'
+            f'"started_at":{_time_or_null(started_at)},"completed_at":null,"max_attempts":{max_attempts},'
+            f'"attempt":{attempt},"backoff":{_BACKOFF_JSON[backoff]},"backoff_delay_ms":{backoff_delay_ms},'
+            '"last_error":null,"ttl_ms":null,"timeout_ms":null,"unique_key":null,"tags":[],"group_id":null,'
+            '"depends_on":[],"flow_id":null,"lifo":false,"remove_on_complete":false,"remove_on_fail":false,'
+            f'"worker_id":{_text(worker_id)},"last_heartbeat":{_time_or_null(last_heartbeat)}}}'
+        )
     return (
         f'{{"id":"{dialect.id_text(id_)}","custom_id":{_text(custom_id)},"name":{encode_basestring(name)},'
         f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":{result or "null"},'
