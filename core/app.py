@@ -239,12 +239,12 @@ class Conveyor(TaskHost):
         if not 1 <= len(jobs) <= limits.MAX_BATCH:
             raise ValidationError(f"jobs must hold 1 to {limits.MAX_BATCH} items, got {len(jobs)}", field="jobs")
         now = self.now_ms()
-        built = [self.jobs.build_item(queue, item, now, f"jobs[{index}]") for index, item in enumerate(jobs)]
-        jobs_built = [job for job, _ in built]
+        built = [self.jobs.build_item(queue, item, now, label) for item, label in zip(jobs, _JOB_LABELS, strict=False)]
+        jobs_built, texts = (list(column) for column in zip(*built, strict=True))
         resolve = self.jobs.resolver(jobs_built, lambda: [f"jobs[{i}].options" for i in range(len(built))])
-        await self.storage.insert_jobs(jobs_built, [text for _, text in built], resolve)
-        self._emit_pushed([job for job, _ in built])
-        return [job.id for job, _ in built]
+        await self.storage.insert_jobs(jobs_built, texts, resolve)
+        self._emit_pushed(jobs_built)
+        return [job.id for job in jobs_built]
 
     async def submit_flow(self, flow: FlowSpec | dict[str, Any]) -> FlowSubmitted:
         """Create a whole dependency graph atomically: every step's job, or none.
@@ -335,7 +335,7 @@ class Conveyor(TaskHost):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
         if not 1 <= len(items) <= limits.MAX_BATCH:
             raise ValidationError(f"items must hold 1 to {limits.MAX_BATCH} entries, got {len(items)}", field="items")
-        parsed = [_parse_ack_item(index, item) for index, item in enumerate(items)]
+        parsed = [_parse_ack_item(where, item) for item, where in zip(items, _ACK_LABELS, strict=False)]
         valid = [p for p in parsed if type(p) is tuple]
         now = self.now_ms()
         first_results: dict[UUID, Any] = {}
@@ -606,6 +606,11 @@ class Conveyor(TaskHost):
             self.events.emit([pushed_event(job) for job in jobs])
 
 
+_JOB_LABELS = tuple(f"jobs[{index}]" for index in range(limits.MAX_BATCH))
+_ACK_LABELS = tuple(f"items[{index}]" for index in range(limits.MAX_BATCH))
+"""Where each item of a batch is, for its errors: made once, not per item pushed or acked."""
+
+
 def _schedule_name(name: Any) -> str:
     return limits.check_queue_name(name, "name")
 
@@ -641,8 +646,7 @@ def _ack_result_json(job_id: str | None, error: dict[str, Any] | None) -> str:
     return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{limits.dumps(error)}}}'
 
 
-def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any] | ValidationError:
-    where = f"items[{index}]"
+def _parse_ack_item(where: str, item: Any) -> tuple[UUID, Any] | ValidationError:
     try:
         if isinstance(item, dict) and item.keys() <= {"id", "result"}:  # the common shape, fast
             job_id, result = limits.check_job_id(item.get("id"), f"{where}.id"), item.get("result")

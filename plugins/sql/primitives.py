@@ -393,7 +393,8 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             params.append(key)
             if extra:
                 own = t.per_id.get(job_id, _NO_VALUES)
-                params += [encode_value(c, own.get(c)) for c in extra]
+                for column in extra:  # a loop, not a comprehension: no function made per row
+                    params.append(encode_value(column, own.get(column)))
         sql = _transition_sql(d, len(chunk), extra, tuple(common), len(states), t.worker_id is not None, t.delete_if)
         # placeholder order: WITH rows, SET, states, owner
         cur.execute(sql, [*params, *common.values(), *states, *([t.worker_id] if t.worker_id is not None else [])])
