@@ -19,8 +19,8 @@ from conveyor.schedules import Schedule
 from conveyor.storage import Decide, Firing, Modified, QueueRow, ResolveParents, Storage, Transition
 from conveyor.webhooks import Webhook
 
+from . import claims, registry
 from . import primitives as p
-from . import registry
 from . import schedules as sched
 
 T = TypeVar("T")
@@ -91,12 +91,12 @@ class SqlStorage(Storage, abc.ABC):
         # A claim lost to a power failure leaves its jobs waiting: they are delivered again, as
         # after a worker's crash (delivery is at least once). Nothing else is lost: the next
         # flushed commit (a push, an ack) makes every earlier one durable, in order.
-        return await self._run(_plain(p.claim_jobs), queue, count, now_ms, worker_id, flush=False)
+        return await self._run(_plain(claims.claim_jobs), queue, count, now_ms, worker_id, flush=False)
 
     async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
         if type(self).claim_jobs is not SqlStorage.claim_jobs:  # a subclass claims its own way: use it
             return await super().claim_jobs_json(queue, count, now_ms, worker_id)
-        return await self._run(_plain(p.claim_jobs_json), queue, count, now_ms, worker_id, flush=False)
+        return await self._run(_plain(claims.claim_jobs_json), queue, count, now_ms, worker_id, flush=False)
 
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
         if isinstance(decide, Transition):

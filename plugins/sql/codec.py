@@ -243,19 +243,11 @@ def render_job(row: Sequence[Any], dialect: Dialect) -> str:
         and last_error is None and ttl_ms is None and timeout_ms is None and unique_key is None and tags is None
         and group_id is None and metadata is None and depends_on is None and flow_id is None
         and not (lifo or remove_on_complete or remove_on_fail)
-    ):  # fmt: skip
-        # the usual job: every optional field empty, the same text as below with ~2x fewer calls
-        return (
-            f'{{"id":"{dialect.id_text(id_)}","custom_id":null,"name":{encode_basestring(name)},'
-            f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":null,'
-            f'"state":{_STATE_JSON[state]},"progress":{progress},"logs":[],"priority":{priority},'
-            f'"delay_until":null,"created_at":{_time(created_at)},"updated_at":{_time(updated_at)},'
-            f'"started_at":{_time_or_null(started_at)},"completed_at":null,"max_attempts":{max_attempts},'
-            f'"attempt":{attempt},"backoff":{_BACKOFF_JSON[backoff]},"backoff_delay_ms":{backoff_delay_ms},'
-            '"last_error":null,"ttl_ms":null,"timeout_ms":null,"unique_key":null,"tags":[],"group_id":null,'
-            '"depends_on":[],"flow_id":null,"lifo":false,"remove_on_complete":false,"remove_on_fail":false,'
-            f'"worker_id":{_text(worker_id)},"last_heartbeat":{_time_or_null(last_heartbeat)}}}'
-        )
+    ):  # fmt: skip  # what `USUAL_SQL` selects
+        return render_usual(
+            dialect, id_, name, queue, data, state, progress, priority, created_at, updated_at, started_at,
+            max_attempts, attempt, backoff, backoff_delay_ms, worker_id, last_heartbeat,
+        )  # fmt: skip
     return (
         f'{{"id":"{dialect.id_text(id_)}","custom_id":{_text(custom_id)},"name":{encode_basestring(name)},'
         f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":{result or "null"},'
@@ -270,4 +262,38 @@ def render_job(row: Sequence[Any], dialect: Dialect) -> str:
         f'"flow_id":{_text(flow_id)},"lifo":{_bool(lifo)},"remove_on_complete":{_bool(remove_on_complete)},'
         f'"remove_on_fail":{_bool(remove_on_fail)},"worker_id":{_text(worker_id)},'
         f'"last_heartbeat":{_time_or_null(last_heartbeat)}}}'
+    )
+
+
+USUAL_SQL = (
+    "custom_id IS NULL AND result IS NULL AND logs IS NULL AND delay_until IS NULL AND completed_at IS NULL "
+    "AND last_error IS NULL AND ttl_ms IS NULL AND timeout_ms IS NULL AND unique_key IS NULL AND tags IS NULL "
+    "AND group_id IS NULL AND metadata IS NULL AND depends_on IS NULL AND flow_id IS NULL "
+    "AND NOT lifo AND NOT remove_on_complete AND NOT remove_on_fail"
+)
+"""A row `render_usual` can write: every optional field empty (most jobs)."""
+USUAL_COLUMNS = (
+    "id", "name", "queue", "data", "progress", "priority", "created_at", "max_attempts", "attempt", "backoff",
+    "backoff_delay_ms",
+)  # fmt: skip
+"""What `render_usual` needs of a claimed row beyond what the claim itself set."""
+
+
+def render_usual(
+    dialect: Dialect, id_: Any, name: str, queue: str, data: str | None, state: str, progress: int, priority: int,
+    created_at: int, updated_at: int, started_at: int | None, max_attempts: int, attempt: int, backoff: str,
+    backoff_delay_ms: int, worker_id: str | None, last_heartbeat: int | None,
+) -> str:  # fmt: skip
+    """`render_job` for a row with every optional field empty (`USUAL_SQL`), from the fields that
+    are not: the same text with half the calls, and the claim reads a third of the columns."""
+    return (
+        f'{{"id":"{dialect.id_text(id_)}","custom_id":null,"name":{encode_basestring(name)},'
+        f'"queue":{encode_basestring(queue)},"data":{data or "null"},"result":null,'
+        f'"state":{_STATE_JSON[state]},"progress":{progress},"logs":[],"priority":{priority},'
+        f'"delay_until":null,"created_at":{_time(created_at)},"updated_at":{_time(updated_at)},'
+        f'"started_at":{_time_or_null(started_at)},"completed_at":null,"max_attempts":{max_attempts},'
+        f'"attempt":{attempt},"backoff":{_BACKOFF_JSON[backoff]},"backoff_delay_ms":{backoff_delay_ms},'
+        '"last_error":null,"ttl_ms":null,"timeout_ms":null,"unique_key":null,"tags":[],"group_id":null,'
+        '"depends_on":[],"flow_id":null,"lifo":false,"remove_on_complete":false,"remove_on_fail":false,'
+        f'"worker_id":{_text(worker_id)},"last_heartbeat":{_time_or_null(last_heartbeat)}}}'
     )

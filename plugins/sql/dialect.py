@@ -8,9 +8,12 @@ list of `tables.jobs`; this class adapts placeholders, id encoding and row locki
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
+
+from sqlalchemy import Connection
 
 from conveyor._ids import uuid_from_int
 
@@ -67,3 +70,18 @@ POSTGRES = Dialect("postgresql")
 
 def dialect_of(name: str) -> Dialect:
     return POSTGRES if name == "postgresql" else SQLITE
+
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``size``: a statement binds a bounded number of values (SQLite
+    before 3.32 takes at most 999), and a parent may have 100,000 children."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def cursor_of(conn: Connection) -> tuple[Any, Dialect]:
+    """The driver's own cursor, for hot statements, and the connection's dialect."""
+    return conn.connection.cursor(), dialect_of(conn.dialect.name)

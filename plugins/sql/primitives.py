@@ -24,8 +24,8 @@ from conveyor.lifecycle import apply
 from conveyor.models import Job, JobState
 from conveyor.storage import Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
-from .codec import decode_job, encode_job, encode_value, encode_values, render_job
-from .dialect import CHUNK, COLUMN_LIST, COLUMNS, TABLE, Dialect, dialect_of
+from .codec import decode_job, encode_job, encode_value, encode_values
+from .dialect import CHUNK, COLUMN_LIST, TABLE, Dialect, chunks, cursor_of
 from .inserts import insert_statements
 from .tables import (
     ACTIVE_SQL,
@@ -47,20 +47,9 @@ _NO_VALUES: dict[str, Any] = {}
 T = TypeVar("T")
 
 
-def _chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    """``items`` in slices of ``size``: a statement binds a bounded number of values (SQLite
-    before 3.32 takes at most 999), and a parent may have 100,000 children."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _cursor(conn: Connection) -> tuple[Any, Dialect]:
-    return conn.connection.cursor(), dialect_of(conn.dialect.name)
-
-
 def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
     paused = []
-    for chunk in _chunks(names):
+    for chunk in chunks(names):
         cur.execute(
             d.sql(f"SELECT name FROM conveyor_queues WHERE paused = ? AND name IN ({d.placeholders(len(chunk))})"),
             (True, *chunk),
@@ -77,7 +66,7 @@ def insert_jobs(
 ) -> Woken:
     """Insert jobs and their edges. ``check_paused=False`` is for follow-ups, which are part of
     their parent's ack: a paused queue keeps them, it does not refuse the parent's completion."""
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     names = sorted({job.queue for job, _ in batch})
     if check_paused and (paused := _paused(cur, d, names)):
         raise QueuePausedError(f"queue {paused[0]!r} is paused: it accepts no new jobs", details={"queue": paused[0]})
@@ -111,7 +100,7 @@ def _ancestor_depths(cur: Any, d: Dialect, ids: Sequence[UUID], cap: int = 64) -
     Completed ancestors do not count: the limit bounds what is still waiting, so a pipeline
     of follow-ups can run for any number of generations."""
     depths: dict[UUID, int] = {}
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         cur.execute(
             d.sql(
                 f"WITH RECURSIVE up(root, id, depth) AS ("
@@ -132,7 +121,7 @@ def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int
     parents completing at once on two nodes then see each other's commit, so the last one
     to finish releases the child. Work goes in chunks: a parent may have 100,000 children."""
     children: list[Any] = []
-    for chunk in _chunks(parents):
+    for chunk in chunks(parents):
         keys = [d.encode_id(p) for p in chunk]
         cur.execute(
             d.sql(
@@ -143,7 +132,7 @@ def _release_children(cur: Any, d: Dialect, parents: Sequence[UUID], now_ms: int
         )
         children += [row[0] for row in cur.fetchall()]
     woken: Woken = set()
-    for chunk in _chunks(children):
+    for chunk in chunks(children):
         cur.execute(
             d.sql(
                 f"UPDATE {TABLE} SET state = CASE WHEN delay_until IS NOT NULL AND delay_until > ? "
@@ -215,7 +204,7 @@ def _check_unique_keys(cur: Any, d: Dialect, batch: Sequence[Job]) -> None:
     for queue, key in keyed:
         by_queue[queue].append(key)
     for queue, keys in by_queue.items():
-        for chunk in _chunks(keys):
+        for chunk in chunks(keys):
             cur.execute(
                 d.sql(
                     f"SELECT unique_key, id FROM {TABLE} WHERE queue = ? AND unique_key IS NOT NULL "
@@ -235,82 +224,10 @@ def _duplicate(queue: str, key: str, where: str) -> DuplicateKeyError:
     )
 
 
-def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
-    rows, d = _claim_rows(conn, queue, count, now_ms, worker_id)
-    return [decode_job(row, d) for row in rows]
-
-
-def claim_jobs_json(conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
-    rows, d = _claim_rows(conn, queue, count, now_ms, worker_id)
-    return [render_job(row, d) for row in rows]
-
-
-def _claim_rows(
-    conn: Connection, queue: str, count: int, now_ms: int, worker_id: str | None
-) -> tuple[list[Any], Dialect]:
-    """The claimed rows, in claim order."""
-    cur, d = _cursor(conn)
-    waiting = (
-        f"FROM {TABLE} WHERE queue = ? AND state = 'waiting' "
-        "AND NOT EXISTS (SELECT 1 FROM conveyor_queues WHERE name = ? AND paused = ?) "
-        f"ORDER BY priority DESC, order_key, id LIMIT ?{d.skip_locked}"
-    )
-    claim = (
-        f"UPDATE {TABLE} SET state = 'active', started_at = ?, last_heartbeat = ?, updated_at = ?, worker_id = ?, "
-        "expires_at = NULL, deadline_at = CASE WHEN timeout_ms IS NULL THEN NULL ELSE timeout_ms + ? END "
-    )
-    values = (now_ms, now_ms, now_ms, worker_id, now_ms)
-    if d.postgres:
-        # One statement, the pick a MATERIALIZED CTE: PostgreSQL would otherwise re-run an
-        # IN-subquery with LIMIT ... SKIP LOCKED per row and claim more than ``count`` jobs.
-        cur.execute(
-            d.sql(
-                f"WITH picked AS MATERIALIZED (SELECT id {waiting}) {claim}"
-                f"WHERE id IN (SELECT id FROM picked) AND state = 'waiting' RETURNING {COLUMN_LIST}"
-            ),
-            (queue, queue, True, count, *values),
-        )
-        return sorted(cur.fetchall(), key=_claim_order), d  # RETURNING gives no defined order
-    # The group's write transaction holds SQLite's only write lock, so the rows may be read,
-    # then updated: two statements, cheaper than one UPDATE ... RETURNING (which copies its
-    # rows into a temporary table and gives them in no defined order). What the update writes
-    # is known, so the rows read are changed the same way here (`_claimed`).
-    cur.execute(f"SELECT rowid, {COLUMN_LIST} {waiting}", (queue, queue, True, count))
-    picked = cur.fetchall()
-    for part in _chunks(picked):
-        # The statement's text depends on the length of its IN list. A full claim's chunks
-        # have lengths fixed by the count the worker asks for; a partial claim's are padded
-        # to a power of two (at most CHUNK) with a rowid SQLite never gives (they start at
-        # 1): a few texts in all, each prepared once and kept in the driver's cache.
-        keys = [row[0] for row in part]
-        if len(picked) < count:
-            keys += [-1] * (min(1 << (len(keys) - 1).bit_length(), CHUNK) - len(keys))
-        cur.execute(f"{claim}WHERE rowid IN ({d.placeholders(len(keys))})", (*values, *keys))
-    return [_claimed(row, now_ms, worker_id) for row in picked], d
-
-
-_PRIORITY, _ORDER_KEY = COLUMNS.index("priority"), COLUMNS.index("order_key")
-_TIMEOUT_MS = COLUMNS.index("timeout_ms") + 1  # in a row read with its rowid first
-
-
-def _claimed(row: Sequence[Any], now_ms: int, worker_id: str | None) -> tuple[Any, ...]:
-    """A waiting row (rowid first) as the claim's UPDATE leaves it, in `COLUMNS` order (which
-    `codec.EXPECTED_COLUMNS` pins): state, updated_at, started_at, worker_id, last_heartbeat,
-    deadline_at and expires_at set."""
-    timeout = row[_TIMEOUT_MS]
-    deadline = None if timeout is None else timeout + now_ms
-    return (*row[1:7], "active", *row[8:14], now_ms, now_ms, *row[16:33], worker_id, now_ms, deadline, None)
-
-
-def _claim_order(row: Sequence[Any]) -> tuple[int, int, Any]:
-    # ids compare as the index orders them: hex text on SQLite, UUIDs (by value) on PostgreSQL
-    return (-row[_PRIORITY], row[_ORDER_KEY], row[0])
-
-
 def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -> Iterator[Sequence[Any]]:
     """``columns`` of the rows with these ids, in chunks, in id order and locked (PostgreSQL):
     one lock order everywhere, so two nodes never deadlock on each other's rows."""
-    for part in _chunks(ids):
+    for part in chunks(ids):
         chunk = [d.encode_id(i) for i in part]
         cur.execute(
             d.sql(
@@ -323,7 +240,7 @@ def _rows_in_id_order(cur: Any, d: Dialect, ids: Sequence[UUID], columns: str) -
 
 def _delete_rows(cur: Any, d: Dialect, keys: Sequence[Any]) -> None:
     """Delete the rows with these encoded ids, in chunks (SQLite before 3.32 binds 999 values)."""
-    for chunk in _chunks(keys):
+    for chunk in chunks(keys):
         cur.execute(d.sql(f"DELETE FROM {TABLE} WHERE id IN ({d.placeholders(len(chunk))})"), chunk)
 
 
@@ -338,7 +255,7 @@ def _select_for_update(cur: Any, d: Dialect, ids: Sequence[UUID]) -> dict[UUID, 
 
 
 def modify_jobs(conn: Connection, ids: Sequence[UUID], decide: Decide) -> tuple[list[Modified], Woken]:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     # One lock order everywhere (sorted ids) so two nodes never deadlock on each other.
     current: dict[UUID, Job | None] = dict(_select_for_update(cur, d, sorted(set(ids))))
     results: list[Modified] = []
@@ -372,7 +289,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     """Apply a `Transition` with one ``UPDATE ... FROM (VALUES ...)`` per chunk: no row loads.
 
     Rows are keyed by their encoded id (a str on SQLite, whose hash is cached) on this path."""
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     common = encode_values(t.values)
     extra = tuple(sorted(next(iter(t.per_id.values())))) if t.per_id else ()
     states = [s.value for s in t.from_states]
@@ -387,7 +304,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
     per_chunk = CHUNK // (1 + len(extra))  # at most ~CHUNK bound values: old SQLite takes 999
-    for chunk in _chunks(items, per_chunk):
+    for chunk in chunks(items, per_chunk):
         params: list[Any] = []
         for key, job_id in chunk:
             params.append(key)
@@ -464,7 +381,7 @@ def _spawn_follow_ups(
     spawned: dict[Any, tuple[Job, ...]] = {}
     if t.follow_ups is None:
         return spawned
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     for key, (parent_meta, flow_id) in parents_meta.items():
         parent_id = unique[key]
         created = []
@@ -506,14 +423,14 @@ def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) ->
 
 
 def get_job(conn: Connection, job_id: UUID) -> Job | None:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     cur.execute(d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE id = ?"), (d.encode_id(job_id),))
     row = cur.fetchone()
     return None if row is None else decode_job(row, d)
 
 
 def list_jobs(conn: Connection, queue: str, state: str, limit: int, offset: int, newest_first: bool) -> list[Job]:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     direction = "DESC" if newest_first else "ASC"
     cur.execute(
         d.sql(
@@ -538,7 +455,7 @@ _HOT_STATES = frozenset({JobState.WAITING.value, JobState.ACTIVE.value})
 
 
 def list_flow(conn: Connection, flow_id: str, limit: int) -> list[Job]:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     cur.execute(
         d.sql(f"SELECT {COLUMN_LIST} FROM {TABLE} WHERE flow_id = ? ORDER BY created_at, id LIMIT ?"), (flow_id, limit)
     )
@@ -557,7 +474,7 @@ def promote_delayed(conn: Connection, now_ms: int) -> tuple[int, Woken]:
 
 
 def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int) -> dict[str, list[UUID]]:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
 
     def ids(where: str, cutoff: int) -> list[UUID]:
         cur.execute(d.sql(f"SELECT id FROM {TABLE} WHERE {where} LIMIT ?"), (cutoff, limit))
@@ -572,7 +489,7 @@ def find_overdue(conn: Connection, now_ms: int, stall_before_ms: int, limit: int
 
 
 def list_queues(conn: Connection, queue: str | None) -> list[QueueRow]:
-    cur, d = _cursor(conn)
+    cur, d = cursor_of(conn)
     params = () if queue is None else (queue,)
     cur.execute(d.sql("SELECT name, paused FROM conveyor_queues" + (" WHERE name = ?" if params else "")), params)
     found: dict[str, QueueRow] = {name: QueueRow(name, bool(paused)) for name, paused in cur.fetchall()}

@@ -206,6 +206,17 @@ async def test_pulled_jobs_are_the_jobs_as_stored_after_the_claim(app: Conveyor,
     stored = await app.get(json.loads(text)["id"])
     assert stored is not None and same_json(text, to_json(stored))
     assert stored.name == "ttl" and stored.worker_id is None and stored.state is JobState.ACTIVE
+    # usual jobs (every optional field empty) and others, interleaved in one claim
+    others = [{"custom_id": "c"}, {"metadata": {"m": 1}}, {"remove_on_fail": True}, {"max_attempts": 1}]
+    await app.push_batch("r", [{"name": f"j{i}", "data": {"i": i}, **others[i // 2]} if i % 2 else {"name": f"j{i}"}
+                               for i in range(8)])  # fmt: skip
+    clock.advance(7)
+    texts = await app.pull_json("r", 10, worker_id="w-2")
+    assert [json.loads(text)["name"] for text in texts] == [f"j{i}" for i in range(8)]
+    for text in texts:
+        stored = await app.get(json.loads(text)["id"])
+        assert stored is not None and same_json(text, to_json(stored))
+        assert (stored.worker_id, stored.started_at) == ("w-2", ms_to_dt(clock.now))
 
 
 def same_json(a: str | bytes, b: str | bytes) -> bool:
