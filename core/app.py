@@ -339,10 +339,10 @@ class Conveyor(TaskHost):
         valid = [p for p in parsed if type(p) is tuple]
         now = self.now_ms()
         first_results: dict[UUID, Any] = {}
-        for job_id, result_value in valid:
+        for job_id, result_value, _ in valid:
             first_results.setdefault(job_id, result_value)  # a repeated id is refused, not re-acked
         transition = lifecycle.ack_transition(first_results, now, worker_id, self.jobs.follow_ups(now))
-        outcomes = iter(await self.storage.modify_jobs([job_id for job_id, _ in valid], transition) if valid else [])
+        outcomes = iter(await self.storage.modify_jobs([entry[0] for entry in valid], transition) if valid else [])
         results: list[R] = []
         events: list[Event] = []
         emitting, acked = self.events.active, 0
@@ -354,9 +354,9 @@ class Conveyor(TaskHost):
                 continue
             done = next(outcomes)
             if isinstance(done.change, Reject):
-                results.append(result(str(done.id), done.change.error.to_wire()))
+                results.append(result(entry[2], done.change.error.to_wire()))
             else:
-                results.append(result(str(done.id), None))
+                results.append(result(entry[2], None))
                 acked += 1
                 if emitting:
                     events.append(job_event("job.completed", done, now))
@@ -608,6 +608,7 @@ class Conveyor(TaskHost):
 
 _JOB_LABELS = tuple(f"jobs[{index}]" for index in range(limits.MAX_BATCH))
 _ACK_LABELS = tuple(f"items[{index}]" for index in range(limits.MAX_BATCH))
+_ACK_KEYS = frozenset({"id", "result"})
 """Where each item of a batch is, for its errors: made once, not per item pushed or acked."""
 
 
@@ -646,15 +647,29 @@ def _ack_result_json(job_id: str | None, error: dict[str, Any] | None) -> str:
     return f'{{"id":{shown},"ok":{"true" if error is None else "false"},"error":{limits.dumps(error)}}}'
 
 
-def _parse_ack_item(where: str, item: Any) -> tuple[UUID, Any] | ValidationError:
+def _parse_ack_item(where: str, item: Any) -> tuple[UUID, Any, str] | ValidationError:
+    """``(id, result, the id's text)``, or the error located at ``where`` (``items[3].id``)."""
+    if type(item) is dict and item.keys() <= _ACK_KEYS:  # the common shape: no labels made
+        try:
+            job_id, result = limits.check_job_id(item.get("id")), item.get("result")
+            if result is not None:
+                limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
+            text = item["id"]
+            # the reply repeats the id as str() writes it: the client's text when it is that already
+            # (lowercase, hyphens in place), which costs less to see than str() costs to write
+            if type(text) is not str or len(text) != 36 or text[8:24:5] != "----" or text != text.lower():
+                text = str(job_id)
+            return job_id, result, text
+        except ValidationError:
+            pass  # refused again below, with the item's place in the message
     try:
-        if isinstance(item, dict) and item.keys() <= {"id", "result"}:  # the common shape, fast
+        if isinstance(item, dict) and item.keys() <= _ACK_KEYS:
             job_id, result = limits.check_job_id(item.get("id"), f"{where}.id"), item.get("result")
         else:
             ack = limits.parse(AckItem, item, where)
             job_id, result = ack.id, ack.result
         if result is not None:
             limits.check_json_bytes(f"{where}.result", result, limits.MAX_DATA_BYTES)
-        return job_id, result
+        return job_id, result, str(job_id)
     except ValidationError as exc:
         return exc

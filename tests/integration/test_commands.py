@@ -97,6 +97,14 @@ async def test_what_rustqueue_clients_rely_on(app: Conveyor) -> None:
     assert (await run(app, "get", id=ids[1]))["job"]["last_error"] == "unknown error"
 
 
+async def test_ack_batch_reports_each_id_in_canonical_form_however_it_was_written(app: Conveyor) -> None:
+    ids = (await run(app, "push_batch", queue="q", jobs=[{"name": "j"}] * 5))["ids"]
+    await run(app, "pull", queue="q", count=5)
+    written = [ids[0], ids[1].upper(), "{" + ids[2] + "}", "urn:uuid:" + ids[3], ids[4].replace("-", "")]
+    reply = json.loads(wire.encode(await commands.execute(app, "ack_batch", {"items": [{"id": w} for w in written]})))
+    assert reply["acked"] == 5 and [r["id"] for r in reply["results"]] == ids
+
+
 async def test_ack_batch_answers_on_the_wire_what_the_embedded_api_returns(app: Conveyor) -> None:
     """The command writes each result as JSON text (no `AckResult` objects): item for item, the
     same values as the embedded ``ack_batch``, whatever the item held; an id holding a lone
