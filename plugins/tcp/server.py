@@ -353,9 +353,13 @@ def _may_wait(request: dict[str, Any] | ConveyorError) -> bool:
 
 
 async def _send(stream: SocketStream, data: bytearray, timeout_s: float) -> None:
-    for start in range(0, len(data), SEND_CHUNK):
-        with anyio.fail_after(timeout_s):
-            await stream.send(bytes(data[start : start + SEND_CHUNK]))
+    view = memoryview(data)  # slices copied once each, into the bytes sent
+    try:
+        for start in range(0, len(data), SEND_CHUNK):
+            with anyio.fail_after(timeout_s):
+                await stream.send(bytes(view[start : start + SEND_CHUNK]))
+    finally:
+        view.release()  # the caller clears ``data``: a live view would forbid resizing it
 
 
 def _fit_fd_limit(wanted: int) -> int:
