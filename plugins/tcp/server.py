@@ -87,7 +87,7 @@ class _Lines:
             if self.ended:
                 return self._last()
             wait_s = self.idle_s if deadline is None else deadline - time.monotonic()
-            with anyio.move_on_after(wait_s) as waiting:
+            with _deadline(wait_s) as waiting:
                 try:
                     chunk = await self.stream.receive(READ_CHUNK)
                 except anyio.EndOfStream:
@@ -356,10 +356,18 @@ async def _send(stream: SocketStream, data: bytearray, timeout_s: float) -> None
     view = memoryview(data)  # slices copied once each, into the bytes sent
     try:
         for start in range(0, len(data), SEND_CHUNK):
-            with anyio.fail_after(timeout_s):
+            with _deadline(timeout_s) as sending:
                 await stream.send(bytes(view[start : start + SEND_CHUNK]))
+            if sending.cancelled_caught:
+                raise TimeoutError
     finally:
         view.release()  # the caller clears ``data``: a live view would forbid resizing it
+
+
+def _deadline(seconds: float) -> anyio.CancelScope:
+    """``anyio.move_on_after(seconds)``, as the plain scope it makes: that one is a generator-based
+    context manager around another, and this runs twice per request."""
+    return anyio.CancelScope(deadline=anyio.current_time() + seconds)
 
 
 def _fit_fd_limit(wanted: int) -> int:

@@ -170,6 +170,28 @@ def test_a_client_trickling_a_line_is_cut_off_by_the_line_deadline(tmp_path: Pat
         assert served.stop() == 0, served.output
 
 
+def test_a_client_that_stops_reading_is_cut_off_by_the_send_deadline(tmp_path: Path) -> None:
+    """A reply the client does not take within the request timeout ends the connection (its
+    socket stays full); the server goes on serving others."""
+    served = serve(f"sqlite:///{tmp_path / 'stalled.db'}", env={"CONVEYOR_TCP_REQUEST_TIMEOUT_S": "1"})
+    try:
+        line = Line(served)
+        job_id = ok(line.call({"cmd": "push", "queue": "q", "name": "big", "data": "x" * 500_000}))["id"]
+        line.send(*[{"cmd": "get", "id": job_id}] * 400)  # 200 MB of replies, none read yet
+        time.sleep(3)  # the send deadline passes while the socket is full
+        received, replies = 0, 0
+        while chunk := line.sock.recv(1 << 20):  # then the client reads: what was sent, then the end
+            received += len(chunk)
+            replies += chunk.count(b"\n")
+        assert replies < 400 and received < 400 * 500_000, "every reply was sent: no deadline cut it"
+        other = Line(served)
+        assert ok(other.call({"cmd": "get", "id": job_id}))["job"]["name"] == "big"
+        other.close()
+        line.close()
+    finally:
+        assert served.stop() == 0, served.output
+
+
 def test_a_last_request_without_its_newline_is_answered(tcp_server: Served) -> None:
     line = Line(tcp_server)  # as `printf '{"cmd": "queues"}' | nc host port` sends it
     line.sock.sendall(b'{"cmd": "queues"}')
