@@ -302,7 +302,8 @@ class AckItem(_Input):
 
 class AckResult(BaseModel):
     """Per-item outcome of a batch ack; ``error`` is the wire envelope when ``ok`` is false.
-    ``id`` is the item's id as given, as text; None for an item without one."""
+    ``id`` is the job's id as ``str(UUID)`` writes it when the item's id parses; else the item's
+    id as given, as text; None for an item without one."""
 
     id: str | None
     ok: bool

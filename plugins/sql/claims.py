@@ -4,7 +4,8 @@ PostgreSQL claims in one statement (``SKIP LOCKED``, ``RETURNING``): several nod
 once. On SQLite the group's write transaction holds the database's only write lock, so a claim
 reads the rows, then updates them by rowid, and changes what it read as its UPDATE did
 (`_claimed`): two statements, cheaper than ``UPDATE ... RETURNING``, which copies its rows into a
-temporary table and gives them in no defined order.
+temporary table and gives them in no defined order. (A third reads back, in full, the claimed
+jobs that are not usual, below.)
 
 The driver's cost of reading a row is mostly per column (~0.1 µs each, measured), so the
 protocols' claim (`claim_jobs_json`) reads the 11 columns of a usual job, not all 36: a job whose

@@ -32,9 +32,6 @@ class Dialect:
         self.postgres = name == "postgresql"
         self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.postgres else ""
         self.for_update = " FOR UPDATE" if self.postgres else ""
-        # SQLite index entries point at the rowid: selecting and updating by rowid skips a
-        # primary-key index lookup per claimed row.
-        self.row_key = "id" if self.postgres else "rowid"
 
     @lru_cache(maxsize=256)  # noqa: B019 - two instances for the life of the process
     def sql(self, text: str) -> str:

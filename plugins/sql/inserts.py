@@ -39,7 +39,8 @@ def _literal(value: Any) -> str:
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
         return str(value)
-    assert isinstance(value, str) and "'" not in value  # one of `_CONSTANTS`
+    if not isinstance(value, str) or not value.isidentifier():  # one of `_CONSTANTS`: a plain word
+        raise TypeError(f"no SQL literal for {value!r}")
     return f"'{value}'"
 
 

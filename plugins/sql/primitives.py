@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Connection, insert, select, text, update
@@ -44,7 +44,6 @@ from .tables import (
 Woken = set[str]
 DEPS = deps.name
 _NO_VALUES: dict[str, Any] = {}
-T = TypeVar("T")
 
 
 def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -98,11 +99,21 @@ async def test_what_rustqueue_clients_rely_on(app: Conveyor) -> None:
 
 
 async def test_ack_batch_reports_each_id_in_canonical_form_however_it_was_written(app: Conveyor) -> None:
-    ids = (await run(app, "push_batch", queue="q", jobs=[{"name": "j"}] * 5))["ids"]
-    await run(app, "pull", queue="q", count=5)
-    written = [ids[0], ids[1].upper(), "{" + ids[2] + "}", "urn:uuid:" + ids[3], ids[4].replace("-", "")]
+    ids = (await run(app, "push_batch", queue="q", jobs=[{"name": "j"}] * 10))["ids"]
+    await run(app, "pull", queue="q", count=10)
+    # forms the parser takes (as uuid.UUID does): int(digits, 16) also takes a sign, whitespace
+    # and non-ASCII digits in place of a leading 0 (UUIDv7 ids start with one until 2039);
+    # none of it may come back, nor break the reply's JSON
+    assert all(i.startswith("0") for i in ids)
+    written = [ids[0], ids[1].upper(), "{" + ids[2] + "}", "urn:uuid:" + ids[3], ids[4].replace("-", ""),
+               "+" + ids[5][1:], "\t" + ids[6][1:], "\n" + ids[7][1:], ids[8].replace("0", "\uff10"),
+               " " + ids[9][1:]]  # fmt: skip
+    assert all(UUID(w) == UUID(i) for w, i in zip(written, ids, strict=True))
     reply = json.loads(wire.encode(await commands.execute(app, "ack_batch", {"items": [{"id": w} for w in written]})))
-    assert reply["acked"] == 5 and [r["id"] for r in reply["results"]] == ids
+    assert reply["acked"] == 10 and [r["id"] for r in reply["results"]] == ids
+    [other] = (await run(app, "push_batch", queue="q", jobs=[{"name": "j"}]))["ids"]
+    await run(app, "pull", queue="q")
+    assert [r.id for r in await app.ack_batch([{"id": "\n" + other[1:]}])] == [other]  # the embedded API too
 
 
 async def test_ack_batch_answers_on_the_wire_what_the_embedded_api_returns(app: Conveyor) -> None:

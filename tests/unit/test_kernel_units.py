@@ -183,6 +183,7 @@ def test_inserts_bind_what_varies_and_write_usual_values_as_constants() -> None:
     assert "'waiting', 0, 0, 3, 0, 'exponential', 1000, FALSE, FALSE, FALSE)" in sql
     assert statements[0][1][:8] == [rows[0][0], "j", "q", "0", *[1_800_000_000_000] * 3, rows[1][0]]
     # one row off the usual value: that column is bound for the whole batch
+    rows = [row({"name": "j", "data": i}, POSTGRES) for i in range(50)]
     rows[7] = row({"name": "j", "priority": 1, "lifo": True}, POSTGRES)
     sql, params = next(insert_statements(POSTGRES, rows))
     assert "priority" in sql.split("VALUES")[0] and "%s" in sql and "?" not in sql
