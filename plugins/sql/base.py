@@ -85,7 +85,9 @@ class SqlStorage(Storage, abc.ABC):
         resolve: ResolveParents | None = None,
     ) -> None:
         texts = data_texts if data_texts is not None else [None] * len(jobs)
-        await self._run(_with_woken(p.insert_jobs), list(zip(jobs, texts, strict=True)), resolve)
+        if len(texts) != len(jobs):
+            raise ValueError(f"{len(jobs)} jobs but {len(texts)} data texts")
+        await self._run(_with_woken(p.insert_jobs), jobs, texts, resolve)
 
     async def claim_jobs(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Job]:
         # A claim lost to a power failure leaves its jobs waiting: they are delivered again, as

@@ -59,17 +59,18 @@ def _paused(cur: Any, d: Dialect, names: Sequence[str]) -> list[str]:
 
 def insert_jobs(
     conn: Connection,
-    batch: Sequence[tuple[Job, str | None]],
+    jobs: Sequence[Job],
+    data_texts: Sequence[str | None],
     resolve: ResolveParents | None = None,
     check_paused: bool = True,
 ) -> Woken:
-    """Insert jobs and their edges. ``check_paused=False`` is for follow-ups, which are part of
-    their parent's ack: a paused queue keeps them, it does not refuse the parent's completion."""
+    """Insert jobs (``data_texts``: each one's data serialized, or None to serialize it here)
+    and their edges. ``check_paused=False`` is for follow-ups, which are part of their parent's
+    ack: a paused queue keeps them, it does not refuse the parent's completion."""
     cur, d = cursor_of(conn)
-    names = sorted({job.queue for job, _ in batch})
+    names = sorted({job.queue for job in jobs})
     if check_paused and (paused := _paused(cur, d, names)):
         raise QueuePausedError(f"queue {paused[0]!r} is paused: it accepts no new jobs", details={"queue": paused[0]})
-    jobs = [job for job, _ in batch]
     _check_unique_keys(cur, d, jobs)
     edges = [(job.id, parent) for job in jobs for parent in job.depends_on]
     if edges and resolve is not None:
@@ -77,8 +78,7 @@ def insert_jobs(
         outside = sorted({parent for _, parent in edges if parent not in inside})
         parents = _select_for_update(cur, d, outside)  # a parent cannot die while we look
         jobs = resolve(jobs, parents, _ancestor_depths(cur, d, sorted(parents)))
-    texts = [text for _, text in batch]
-    rows = [encode_job(job, d, text) for job, text in zip(jobs, texts, strict=True)]
+    rows = [encode_job(job, d, text) for job, text in zip(jobs, data_texts, strict=True)]
     try:
         for sql, params in insert_statements(d, rows):
             cur.execute(sql, params)
@@ -387,7 +387,7 @@ def _spawn_follow_ups(
         for job, data_text, resolve in t.follow_ups(parent_id, parent_meta, flow_id, t.per_id.get(parent_id, {})):
             cur.execute("SAVEPOINT follow_up")
             try:
-                insert_jobs(conn, [(job, data_text)], resolve, check_paused=False)
+                insert_jobs(conn, [job], [data_text], resolve, check_paused=False)
             except ConveyorError as exc:
                 cur.execute("ROLLBACK TO SAVEPOINT follow_up")
                 dead = Job.trusted(
@@ -399,7 +399,7 @@ def _spawn_follow_ups(
                         "last_error": f"follow-up of job {parent_id} could not be queued: {exc.message}"[:10_000],
                     }
                 )
-                insert_jobs(conn, [(dead, data_text)], None, check_paused=False)
+                insert_jobs(conn, [dead], [data_text], None, check_paused=False)
             cur.execute("RELEASE SAVEPOINT follow_up")
             created.append(job)
         spawned[key] = tuple(created)

@@ -89,7 +89,7 @@ def fire_schedule(conn: Connection, firing: Firing) -> tuple[bool | None, Woken]
     cur = conn.connection.cursor()
     cur.execute("SAVEPOINT firing")
     try:
-        woken = p.insert_jobs(conn, [(firing.job, firing.data_text)])
+        woken = p.insert_jobs(conn, [firing.job], [firing.data_text])
     except DuplicateKeyError:
         cur.execute("ROLLBACK TO SAVEPOINT firing")
         # the run is skipped, not counted: it cannot have exhausted the schedule either
