@@ -114,8 +114,9 @@ def check_json_bytes(field: str, value: Any, limit: int) -> str:
 def check_keys_survive(field: str, value: Any, text: str) -> None:
     """Refuse ``value`` (serialized as ``text``) if two keys of one of its dicts become the
     same JSON string (``1`` and ``"1"``): the text would hold the key twice, and reading it
-    back would keep one value."""
-    if keys_may_collide(text) and (key := _colliding_key(value)) is not None:
+    back would keep one value. A value without a dict (no ``{`` in its text) has no keys: the
+    scan is skipped for the scalars most jobs carry (it ran twice per job: data and result)."""
+    if "{" in text and keys_may_collide(text) and (key := _colliding_key(value)) is not None:
         raise ValidationError(
             f"{field} has two keys that both become {key!r} in JSON; one of them would be lost", field=field
         )
