@@ -8,7 +8,7 @@ temporary table and gives them in no defined order. (A third reads back, in full
 jobs that are not usual, below.)
 
 The driver's cost of reading a row is mostly per column (~0.1 µs each, measured), so the
-protocols' claim (`claim_jobs_json`) reads the 11 columns of a usual job, not all 36: a job whose
+protocols' claim (`claim_jobs_json`) reads the 10 columns of a usual job, not all 36: a job whose
 optional fields are empty (`codec.USUAL_SQL`) is rendered from those (`codec.render_usual`); the
 few others are read in full after the update. Measured in tests/benchmarks/RESULTS.md.
 """
@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from conveyor.models import Job
 
-from .codec import USUAL_COLUMNS, USUAL_SQL, decode_job, render_job, render_usual
+from .codec import USUAL_COLUMNS, USUAL_SQL, decode_job, render_job, render_usual, usual_shared
 from .dialect import CHUNK, COLUMN_LIST, COLUMNS, TABLE, Dialect, chunks, cursor_of
 
 _WAITING = (
@@ -51,29 +51,12 @@ def claim_jobs_json(conn: Connection, queue: str, count: int, now_ms: int, worke
         return [render_job(row, d) for row in _claim_postgres(cur, d, queue, count, now_ms, worker_id)]
     rows = _claim_sqlite(cur, _USUAL_READ, queue, count, now_ms, worker_id)
     others = _read_full(cur, [row[0] for row in rows if not row[1]])  # read after the update: as claimed
+    shared = usual_shared(queue, "active", now_ms, now_ms, worker_id, now_ms)
     texts = []
-    for rowid, usual, id_, name, queue_, data, progress, priority, created, tries, tried, backoff, delay in rows:
+    for rowid, usual, id_, name, data, progress, priority, created, tries, tried, backoff, delay in rows:
         if usual:
             texts.append(
-                render_usual(
-                    d,
-                    id_,
-                    name,
-                    queue_,
-                    data,
-                    "active",
-                    progress,
-                    priority,
-                    created,
-                    now_ms,
-                    now_ms,
-                    tries,
-                    tried,
-                    backoff,
-                    delay,
-                    worker_id,
-                    now_ms,
-                )
+                render_usual(d, id_, name, data, progress, priority, created, tries, tried, backoff, delay, shared)
             )
         else:
             texts.append(render_job(others[rowid], d))
