@@ -16,6 +16,7 @@ import pluggy
 
 from . import _limits as limits
 from . import lifecycle, maintenance
+from ._ids import uuid7s
 from ._plugins import make_plugin_manager
 from .config import Settings
 from .engines import load_engines
@@ -239,8 +240,11 @@ class Conveyor(TaskHost):
         if not 1 <= len(jobs) <= limits.MAX_BATCH:
             raise ValidationError(f"jobs must hold 1 to {limits.MAX_BATCH} items, got {len(jobs)}", field="jobs")
         now = self.now_ms()
-        labels = _labels(_JOB_LABELS, "jobs", len(jobs))
-        built = [self.jobs.build_item(queue, item, now, label) for item, label in zip(jobs, labels, strict=False)]
+        labels, ids = _labels(_JOB_LABELS, "jobs", len(jobs)), uuid7s(len(jobs))
+        built = [
+            self.jobs.build_item(queue, item, now, label, job_id)
+            for item, label, job_id in zip(jobs, labels, ids, strict=False)
+        ]
         jobs_built, texts = (list(column) for column in zip(*built, strict=True))
         resolve = self.jobs.resolver(jobs_built, lambda: [f"jobs[{i}].options" for i in range(len(built))])
         await self.storage.insert_jobs(jobs_built, texts, resolve)

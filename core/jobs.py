@@ -112,22 +112,25 @@ class JobBuilder:
             return None
         return dag.parent_resolver(labels(), self.max_dag_depth)
 
-    def build_item(self, queue: str, item: Any, now_ms: int, where: str = "") -> tuple[Job, str]:
+    def build_item(
+        self, queue: str, item: Any, now_ms: int, where: str = "", job_id: UUID | None = None
+    ) -> tuple[Job, str]:
         """`build` for a `JobSpec` or a wire body (options nested or flat; anything else is
         refused by validation), in ``queue`` unless the item names its own; errors are located
         at ``where`` (``jobs[3]``)."""
         if (bare := bare_body(item)) is not None:  # the common body: no spec object needed
             name, data, own_queue = bare
-            return _located(where, _build_bare, _target(queue, own_queue, where), name, data, now_ms)
+            return _located(where, _build_bare, _target(queue, own_queue, where), name, data, now_ms, job_id)
         spec = JobSpec.parse(item, where)
-        return _located(where, self.build, _target(queue, spec.queue, where), spec, now_ms)
+        return _located(where, self.build, _target(queue, spec.queue, where), spec, now_ms, job_id)
 
-    def build(self, queue: str, spec: JobSpec, now_ms: int) -> tuple[Job, str]:
+    def build(self, queue: str, spec: JobSpec, now_ms: int, job_id: UUID | None = None) -> tuple[Job, str]:
         """A new job from ``spec`` (every size checked, follow-ups checked as the ack would build
-        them), and its data serialized once for storage."""
+        them), and its data serialized once for storage. Its id is ``job_id``, else a new one:
+        a batch makes its ids together (`uuid7s`)."""
         o = spec.options
         if o.__dict__ == DEFAULT_OPTION_VALUES:  # the common job: nothing else to check
-            return _build_bare(queue, spec.name, spec.data, now_ms)
+            return _build_bare(queue, spec.name, spec.data, now_ms, job_id)
         limits.check_bytes("name", spec.name, limits.MAX_JOB_NAME_BYTES)
         data_text = limits.check_json_bytes("data", spec.data, limits.MAX_DATA_BYTES)
         if o.metadata is not None:
@@ -142,16 +145,16 @@ class JobBuilder:
         for name in ("group_id", "flow_id"):
             if (value := getattr(o, name)) is not None:
                 limits.check_bytes(f"options.{name}", value, limits.MAX_QUEUE_NAME_BYTES)
-        return Job.trusted(_job_values(queue, spec, now_ms)), data_text
+        return Job.trusted(_job_values(queue, spec, now_ms, job_id)), data_text
 
 
-def _job_values(queue: str, spec: JobSpec, now_ms: int) -> dict[str, Any]:
+def _job_values(queue: str, spec: JobSpec, now_ms: int, job_id: UUID | None = None) -> dict[str, Any]:
     """Every field of the new job ``spec`` describes."""
     o = spec.options
     now = ms_to_dt(now_ms)
     delayed = o.delay_ms > 0
     return dict(
-        id=uuid7(), custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
+        id=uuid7() if job_id is None else job_id, custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
         state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
         delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
         started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
@@ -185,13 +188,13 @@ def _located(where: str, build: Callable[..., tuple[Job, str]], *args: Any) -> t
         raise prefixed(exc, where) from None
 
 
-def _build_bare(queue: str, name: str, data: Any, now_ms: int) -> tuple[Job, str]:
+def _build_bare(queue: str, name: str, data: Any, now_ms: int, job_id: UUID | None = None) -> tuple[Job, str]:
     """A new job with every option at its default, and its data serialized for storage."""
     limits.check_bytes("name", name, limits.MAX_JOB_NAME_BYTES)
     data_text = limits.check_json_bytes("data", data, limits.MAX_DATA_BYTES)
     now = ms_to_dt(now_ms)
     values = {
-        **_BARE_JOB, "id": uuid7(), "name": name, "queue": queue, "data": data,
+        **_BARE_JOB, "id": uuid7() if job_id is None else job_id, "name": name, "queue": queue, "data": data,
         "created_at": now, "updated_at": now, "logs": [], "tags": [], "depends_on": [],
     }  # fmt: skip
     return Job.trusted(values), data_text

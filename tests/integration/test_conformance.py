@@ -170,6 +170,7 @@ async def test_a_batch_mixing_usual_and_other_values_stores_each_row_as_pushed(a
         items[9 * i + 3][key] = value  # each column differs in one row, spread over the statements
     items.append({"name": "delayed", "delay_ms": 60_000})
     ids = await app.push_batch("q", items)
+    assert ids == sorted(ids)  # made together, in the items' order, whatever their options
     for job_id, item in zip(ids, items, strict=True):
         job = await app.get(job_id)
         assert job is not None
