@@ -154,7 +154,8 @@ def _job_values(queue: str, spec: JobSpec, now_ms: int, job_id: UUID | None = No
     now = ms_to_dt(now_ms)
     delayed = o.delay_ms > 0
     return dict(
-        id=uuid7() if job_id is None else job_id, custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
+        id=uuid7() if job_id is None else job_id,
+        custom_id=o.custom_id, name=spec.name, queue=queue, data=spec.data, result=None,
         state=JobState.DELAYED if delayed else JobState.WAITING, progress=0, logs=[], priority=o.priority,
         delay_until=ms_to_dt(now_ms + o.delay_ms) if delayed else None, created_at=now, updated_at=now,
         started_at=None, completed_at=None, max_attempts=o.max_attempts, attempt=0, backoff=o.backoff,
