@@ -61,11 +61,8 @@ class _Feed:
     """One consumer's buffer: batches of events (one per operation, so a 1,000-job batch
     costs one hand-over, not 1,000), bounded by the number of events they hold."""
 
-    def __init__(self, name: str, may_idle: EventSink | None = None) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.may_idle = may_idle
-        """The sink, when it is a ``"once"`` or ``"cluster"`` one: while it is ``idle`` it
-        would do nothing with events, so `EventDispatcher.emit` hands it none."""
         self.pending = 0
         self.closed = False
         self._waiting: deque[Sequence[Event]] = deque()
@@ -163,7 +160,7 @@ class EventDispatcher:
             if shared is not None and scope == "once":
                 self._follow(tg, self._consume, shared, sink)
                 continue
-            feed = _Feed(name, sink if scope != "node" else None)
+            feed = _Feed(name)
             if shared is not None and scope == "cluster":
                 self._following.append(feed)
                 self._following_sinks.append(sink)
@@ -190,13 +187,9 @@ class EventDispatcher:
         tg.start_soon(run, name=f"conveyor-events:{loop.__name__}")
 
     def emit(self, events: Sequence[Event]) -> None:
-        """Hand the events of one operation to every feed, never waiting (one tuple, shared).
-        A sink that is idle now is skipped: waking it per operation to do nothing cost ~1% of
-        a job's work (the WebSocket hub with no client, webhooks with none registered)."""
+        """Hand the events of one operation to every feed, never waiting (one tuple, shared)."""
         shared = tuple(events)
         for feed in self._feeds:
-            if feed.may_idle is not None and getattr(feed.may_idle, "idle", False):
-                continue
             self._offer(feed, shared)
 
     def _offer(self, feed: _Feed, events: Sequence[Event]) -> None:

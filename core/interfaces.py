@@ -27,10 +27,9 @@ class EventSink(Protocol):
       sink with this name (side effects that must not repeat: webhooks).
 
     A ``"once"`` or ``"cluster"`` sink may have an ``idle`` property, true while it would do
-    nothing with events (no webhook registered, no WebSocket client): events emitted while it
-    is idle are not handed to it; a ``"once"`` sink's events on a shared database are then
-    claimed in bulk, not on every append; while every ``"cluster"`` sink of a node is idle, the
-    node does not read the shared log at all.
+    nothing with events (no webhook registered, no WebSocket client): a ``"once"`` sink's
+    events are then claimed in bulk, not on every append; while every ``"cluster"`` sink of a
+    node is idle, the node does not read the shared log at all.
     """
 
     async def handle(self, event: Event) -> None: ...

@@ -112,37 +112,6 @@ async def test_a_slow_sink_frees_buffer_space_operation_by_operation() -> None:
     assert len(sink.seen) == 5
 
 
-class Sometimes:
-    """A sink that would do nothing while ``idle`` (as a hub without a client)."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope, self.name, self.idle = scope, f"sometimes-{scope}", True
-        self.seen: list[Event] = []
-
-    async def handle(self, event: Event) -> None:
-        self.seen.append(event)
-
-
-async def test_events_emitted_while_a_sink_is_idle_are_not_handed_to_it() -> None:
-    """A "once" or "cluster" sink that is idle gets none of the events emitted meanwhile (it
-    would do nothing with them); once it is not, it gets every event from then on. A "node"
-    sink has no idle state: an ``idle`` attribute on it changes nothing."""
-    from conveyor.events import EventDispatcher
-
-    sinks = [Sometimes("cluster"), Sometimes("once"), Sometimes("node")]
-    dispatcher = EventDispatcher(sinks, buffer=100)
-    async with anyio.create_task_group() as tg:
-        dispatcher.start(tg)
-        skipped = [event() for _ in range(3)]
-        dispatcher.emit(skipped)
-        for sink in sinks:
-            sink.idle = False
-        handed = [event() for _ in range(2)]
-        dispatcher.emit(handed)
-        await dispatcher.close()
-    assert [sink.seen for sink in sinks] == [handed, handed, skipped + handed]
-
-
 def test_an_event_from_the_shared_log_is_validated() -> None:
     """Events read back from the shared event log (PostgreSQL) are checked field by field: the
     round trip gives the same event, and anything else is refused, not handed to sinks."""
