@@ -72,9 +72,11 @@ def dialect_of(name: str) -> Dialect:
 T = TypeVar("T")
 
 
-def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
-    """``items`` in slices of ``size``: a statement binds a bounded number of values (SQLite
-    before 3.32 takes at most 999), and a parent may have 100,000 children."""
+def chunks(items: Sequence[T], values_per_item: int = 1) -> Iterator[Sequence[T]]:
+    """``items`` in slices that bind at most `CHUNK` values, each item binding
+    ``values_per_item``: SQLite before 3.32 takes at most 999 per statement, and a parent may
+    have 100,000 children. `CHUNK` is read on each call (tests lower it to cross chunk edges)."""
+    size = max(1, CHUNK // values_per_item)
     for start in range(0, len(items), size):
         yield items[start : start + size]
 

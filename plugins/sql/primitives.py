@@ -25,7 +25,7 @@ from conveyor.models import Job, JobState
 from conveyor.storage import Decide, Delete, Modified, QueueRow, Reject, ResolveParents, Transition, Update
 
 from .codec import decode_job, encode_job, encode_value, encode_values
-from .dialect import CHUNK, COLUMN_LIST, TABLE, Dialect, chunks, cursor_of
+from .dialect import COLUMN_LIST, TABLE, Dialect, chunks, cursor_of
 from .inserts import insert_statements
 from .tables import (
     ACTIVE_SQL,
@@ -302,8 +302,7 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
     parents: list[UUID] = []  # changed jobs with dependents (the only ones worth a release)
     parents_meta: dict[Any, tuple[Any, str | None]] = {}
     items = list(unique.items())
-    per_chunk = CHUNK // (1 + len(extra))  # at most ~CHUNK bound values: old SQLite takes 999
-    for chunk in chunks(items, per_chunk):
+    for chunk in chunks(items, 1 + len(extra)):
         params: list[Any] = []
         for key, job_id in chunk:
             params.append(key)

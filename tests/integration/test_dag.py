@@ -166,9 +166,9 @@ async def test_two_nodes_completing_both_parents_at_once_release_the_child(pg_sc
 
 
 async def test_release_and_cascade_work_in_chunks(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conveyor.plugins.sql import primitives
+    from conveyor.plugins.sql import dialect
 
-    monkeypatch.setattr(primitives, "CHUNK", 3)
+    monkeypatch.setattr(dialect, "CHUNK", 3)
     parents = [await app.push("q", f"p{i}") for i in range(4)]
     kids = await app.push_batch("q", [{"name": f"k{i}", "depends_on": [str(p) for p in parents]} for i in range(10)])
     await app.pull("q", 4)
