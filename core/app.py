@@ -30,7 +30,7 @@ from .errors import (
 )
 from .events import EventDispatcher, cascade_events, failure_events, job_event, pushed_event, spawn_events
 from .interfaces import EventSink, ProtocolServer
-from .jobs import JobBuilder
+from .jobs import JobBuilder, prefixed
 from .lifecycle import dt_to_ms, ms_to_dt
 from .metrics import MetricsRegistry
 from .models import (
@@ -340,8 +340,7 @@ class Conveyor(TaskHost):
             raise ValidationError("items must be a list of {id, result} objects", field="items")
         if not 1 <= len(items) <= limits.MAX_BATCH:
             raise ValidationError(f"items must hold 1 to {limits.MAX_BATCH} entries, got {len(items)}", field="items")
-        labels = _labels(_ACK_LABELS, "items", len(items))
-        parsed = [_parse_ack_item(where, item) for item, where in zip(items, labels, strict=False)]
+        parsed = [_parse_ack_item(index, item) for index, item in enumerate(items)]
         valid = [p for p in parsed if type(p) is tuple]
         now = self.now_ms()
         first_results: dict[UUID, Any] = {}
@@ -613,8 +612,7 @@ class Conveyor(TaskHost):
 
 
 _JOB_LABELS = tuple(f"jobs[{index}]" for index in range(limits.MAX_BATCH))
-_ACK_LABELS = tuple(f"items[{index}]" for index in range(limits.MAX_BATCH))
-"""Where each item of a batch is, for its errors: made once, not per item pushed or acked."""
+"""Where each pushed item is, for its errors: made once, not per item pushed."""
 _ACK_KEYS = frozenset({"id", "result"})
 
 
@@ -669,27 +667,19 @@ def _is_canonical(text: Any) -> bool:
     )  # fmt: skip
 
 
-def _parse_ack_item(where: str, item: Any) -> tuple[UUID, Any, str] | ValidationError:
-    """``(id, result, the id's text)``, or the error located at ``where`` (``items[3].id``)."""
-    if type(item) is dict and item.keys() <= _ACK_KEYS:  # the common shape: no labels made
+def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any, str] | ValidationError:
+    """``(id, result, the id's text)``, or the error located at the item (``items[3].id``)."""
+    if not (isinstance(item, dict) and item.keys() <= _ACK_KEYS):  # not the common shape
         try:
-            job_id, result = limits.check_job_id(item.get("id")), item.get("result")
-            if result is not None:
-                limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
-            text = item["id"]
-            if not _is_canonical(text):
-                text = str(job_id)
-            return job_id, result, text
-        except ValidationError:
-            pass  # refused again below, with the item's place in the message
+            ack = limits.parse(AckItem, item, f"items[{index}]")
+        except ValidationError as exc:
+            return exc
+        item = {"id": ack.id, "result": ack.result}
     try:
-        if isinstance(item, dict) and item.keys() <= _ACK_KEYS:
-            job_id, result = limits.check_job_id(item.get("id"), f"{where}.id"), item.get("result")
-        else:
-            ack = limits.parse(AckItem, item, where)
-            job_id, result = ack.id, ack.result
+        job_id, result = limits.check_job_id(item.get("id")), item.get("result")
         if result is not None:
-            limits.check_json_bytes(f"{where}.result", result, limits.MAX_DATA_BYTES)
-        return job_id, result, str(job_id)
+            limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)
     except ValidationError as exc:
-        return exc
+        return prefixed(exc, f"items[{index}]")  # the label made only for a refused item
+    text = item["id"]
+    return job_id, result, text if _is_canonical(text) else str(job_id)
