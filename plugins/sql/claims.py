@@ -41,7 +41,7 @@ def claim_jobs(conn: Connection, queue: str, count: int, now_ms: int, worker_id:
     cur, d = cursor_of(conn)
     if d.postgres:
         return [decode_job(row, d) for row in _claim_postgres(cur, d, queue, count, now_ms, worker_id)]
-    rows = _claim_sqlite(cur, f"rowid, {COLUMN_LIST}", queue, count, now_ms, worker_id)
+    rows = _claim_sqlite(cur, d, f"rowid, {COLUMN_LIST}", queue, count, now_ms, worker_id)
     return [decode_job(_claimed(row, now_ms, worker_id), d) for row in rows]
 
 
@@ -49,8 +49,8 @@ def claim_jobs_json(conn: Connection, queue: str, count: int, now_ms: int, worke
     cur, d = cursor_of(conn)
     if d.postgres:
         return [render_job(row, d) for row in _claim_postgres(cur, d, queue, count, now_ms, worker_id)]
-    rows = _claim_sqlite(cur, _USUAL_READ, queue, count, now_ms, worker_id)
-    others = _read_full(cur, [row[0] for row in rows if not row[1]])  # read after the update: as claimed
+    rows = _claim_sqlite(cur, d, _USUAL_READ, queue, count, now_ms, worker_id)
+    others = _read_full(cur, d, [row[0] for row in rows if not row[1]])  # read after the update: as claimed
     shared = usual_shared(queue, "active", now_ms, now_ms, worker_id, now_ms)
     texts = []
     for rowid, usual, id_, name, data, progress, priority, created, tries, tried, backoff, delay in rows:
@@ -76,7 +76,9 @@ def _claim_postgres(cur: Any, d: Dialect, queue: str, count: int, now_ms: int, w
     return sorted(cur.fetchall(), key=_claim_order)  # RETURNING gives no defined order
 
 
-def _claim_sqlite(cur: Any, columns: str, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[Any]:
+def _claim_sqlite(
+    cur: Any, d: Dialect, columns: str, queue: str, count: int, now_ms: int, worker_id: str | None
+) -> list[Any]:
     """``columns`` (rowid first) of the waiting rows claimed, in claim order, as read before
     the update."""
     cur.execute(f"SELECT {columns} {_WAITING}", (queue, queue, True, count))
@@ -90,15 +92,15 @@ def _claim_sqlite(cur: Any, columns: str, queue: str, count: int, now_ms: int, w
         keys = [row[0] for row in part]
         if len(picked) < count:
             keys += [-1] * (min(1 << (len(keys) - 1).bit_length(), CHUNK) - len(keys))
-        cur.execute(f"{_CLAIM}WHERE rowid IN ({', '.join('?' * len(keys))})", (*values, *keys))
+        cur.execute(f"{_CLAIM}WHERE rowid IN ({d.placeholders(len(keys))})", (*values, *keys))
     return picked
 
 
-def _read_full(cur: Any, rowids: Sequence[int]) -> dict[int, Any]:
+def _read_full(cur: Any, d: Dialect, rowids: Sequence[int]) -> dict[int, Any]:
     """Whole rows (`COLUMNS` order) by rowid."""
     rows: dict[int, Any] = {}
     for part in chunks(rowids):
-        cur.execute(f"SELECT rowid, {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({', '.join('?' * len(part))})", part)
+        cur.execute(f"SELECT rowid, {COLUMN_LIST} FROM {TABLE} WHERE rowid IN ({d.placeholders(len(part))})", part)
         rows.update((row[0], row[1:]) for row in cur.fetchall())
     return rows
 
