@@ -317,41 +317,19 @@ def transition_jobs(conn: Connection, ids: Sequence[UUID], t: Transition) -> tup
             done[key] = (queue, bool(delete))
             if has_children:
                 parents.append(unique[key])
-            if meta_text is not None and t.follow_ups is not None and '"follow_ups"' in meta_text:
+            if t.follow_ups is not None and meta_text is not None and '"follow_ups"' in meta_text:
                 parents_meta[key] = (json.loads(meta_text), flow_id)
     spawned = _spawn_follow_ups(conn, t, unique, parents_meta)
     _delete_rows(cur, d, [key for key, (_, delete) in done.items() if delete])
-    updated, deleted = Update(t.values, t.children), Delete(t.children)  # shared by every row
-    if len(done) == len(keys):  # every id changed, none given twice: the usual batch
-        results = []
-        for key, job_id in zip(keys, ids, strict=True):  # ``done`` is in RETURNING's order: none defined
-            queue, delete = done[key]
-            results.append(Modified(job_id, None, deleted if delete else updated, queue, (), spawned.get(key, ())))
-    else:
-        results = _results_with_refusals(cur, d, t, keys, ids, done, spawned, updated, deleted)
-    woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
-    woken |= {job.queue for jobs in spawned.values() for job in jobs}  # may be spurious: harmless
-    if t.children.release and parents:
-        woken |= _release_children(cur, d, sorted(parents), t.children.at_ms)
-    if t.children.cascade_error:
-        raise StorageError("a Transition cannot cascade: use a Decide for changes that kill jobs")
-    return results, woken
-
-
-def _results_with_refusals(
-    cur: Any, d: Dialect, t: Transition, keys: list[Any], ids: Sequence[UUID], done: dict[Any, tuple[str, bool]],
-    spawned: dict[Any, tuple[Job, ...]], updated: Update, deleted: Delete,
-) -> list[Modified]:  # fmt: skip
-    """`transition_jobs`'s outcomes when some ids were refused: not in a from-state, missing, or
-    given twice (accepted once, then refused as already changed)."""
     accepted: list[bool] = []
     seen: set[Any] = set()
-    for key in keys:
+    for key in keys:  # an id given twice is accepted once, then refused as already changed
         accepted.append(key in done and key not in seen)
         seen.add(key)
     refused_ids = sorted({job_id for job_id, ok in zip(ids, accepted, strict=True) if not ok})
     refused = _select_for_update(cur, d, refused_ids) if refused_ids else {}
     results: list[Modified] = []
+    updated, deleted = Update(t.values, t.children), Delete(t.children)  # shared by every row
     for key, job_id, ok in zip(keys, ids, accepted, strict=True):
         if ok:
             queue, delete = done[key]
@@ -361,7 +339,13 @@ def _results_with_refusals(
             results.append(
                 Modified(job_id, current, Reject(t.refuse(job_id, current)), current.queue if current else None)
             )
-    return results
+    woken = {queue for queue, _ in done.values()} if t.values.get("state") is JobState.WAITING else set()
+    woken |= {job.queue for jobs in spawned.values() for job in jobs}  # may be spurious: harmless
+    if t.children.release and parents:
+        woken |= _release_children(cur, d, sorted(parents), t.children.at_ms)
+    if t.children.cascade_error:
+        raise StorageError("a Transition cannot cascade: use a Decide for changes that kill jobs")
+    return results, woken
 
 
 @lru_cache(maxsize=512)
