@@ -202,6 +202,19 @@ def check_progress(progress: Any) -> None:
         raise ValidationError("progress must be a number from 0 to 100", field="progress")
 
 
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+def canonical_job_id(value: Any) -> UUID | None:
+    """The id ``value`` writes in the form ``str(UUID)`` gives (lowercase hex, hyphenated), else
+    None. One compiled match instead of `check_job_id`'s length checks: the ids clients echo
+    back (ack, fail) are in this form. ``int(digits, 16)`` alone would also take a sign,
+    whitespace, underscores and non-ASCII digits, which are not this form."""
+    if type(value) is str and _CANONICAL_ID(value):
+        return uuid_from_int(int(value.replace("-", ""), 16))
+    return None
+
+
 def check_job_id(value: Any, field: str = "id") -> UUID:
     if isinstance(value, UUID):
         return value

@@ -97,14 +97,18 @@ def _refusal(
 
 
 def ack_transition(
-    results: dict[UUID, Any], now_ms: int, worker_id: str | None = None, follow_ups: FollowUps | None = None
+    results: dict[UUID, dict[str, Any]],
+    now_ms: int,
+    worker_id: str | None = None,
+    follow_ups: FollowUps | None = None,
 ) -> Transition:
-    """active -> completed with its result, or removed when ``remove_on_complete``."""
+    """active -> completed with its result, or removed when ``remove_on_complete``. ``results``
+    maps each id to ``{"result": value}``, its own values as `Transition.per_id` holds them."""
     now = ms_to_dt(now_ms)
     return Transition(
         from_states=_ACTIVE,
         values={"state": JobState.COMPLETED, "completed_at": now, "updated_at": now},
-        per_id={job_id: {"result": result} for job_id, result in results.items()},
+        per_id=results,
         refuse=_refusal("ack", _ACTIVE, worker_id),
         delete_if="remove_on_complete",
         worker_id=worker_id,

@@ -317,13 +317,25 @@ def test_tune_gc_freezes_the_start_up_heap_and_raises_only_the_first_threshold()
         "12345678-1234-1234-1234-12345678901g", " 2345678-1234-1234-1234-123456789012",
         "+2345678-1234-1234-1234-123456789012", "1_345678-1234-1234-1234-123456789012",
         "1234567812341234123412345678----", "0190a8c27b3e7c1d8e2f123456789abc", "x" * 36, "",
+        "0190a8c2-7b3e-7c1d-8e2f-123456789abc\n", "\uff10190a8c2-7b3e-7c1d-8e2f-123456789abc",
+        "0190a8c2-7b3e-7c1d-8e2f-123456789aBc", "0190a8c2-7b3e-7c1d-8e2f_123456789abc",
     ],
 )  # fmt: skip
 def test_job_ids_parse_exactly_as_uuid_does(text: str) -> None:
     """`check_job_id` has a fast path for 36-character ids; it accepts and refuses what
-    ``uuid.UUID`` does, and makes an equal, equally hashed UUID."""
-    from conveyor._limits import check_job_id
+    ``uuid.UUID`` does, and makes an equal, equally hashed UUID. `canonical_job_id` takes
+    exactly the texts ``str()`` of a UUID writes, and makes the same UUID."""
+    from conveyor._limits import canonical_job_id, check_job_id
     from conveyor.errors import ValidationError
+
+    canonical = canonical_job_id(text)
+    try:
+        as_written = str(UUID(text)) == text
+    except ValueError:
+        as_written = False
+    assert (canonical is not None) == as_written
+    if canonical is not None:
+        assert (canonical, hash(canonical), type(canonical)) == (UUID(text), hash(UUID(text)), UUID)
 
     try:
         expected: UUID | None = UUID(text)
