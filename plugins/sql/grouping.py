@@ -3,7 +3,12 @@
 A call queues its primitive and awaits. A flusher task starts after every task that is ready
 right now has had its turn, takes everything queued (up to ``max_group``) and runs it in one
 transaction with one commit, which is what a durable commit costs: an fsync on SQLite, a WAL
-flush on PostgreSQL. Sixteen clients pushing at once cost one commit, not sixteen.
+flush on PostgreSQL. Sixteen clients pushing at once cost one commit, not sixteen. A backend may
+hand back, with a group's outcomes, a future that completes when its commit is on disk (SQLite's
+`wal_sync`): the callers are answered then, and the next group waits for it too, so the calls
+that arrive meanwhile share one transaction and one fsync (running it at once made groups of one
+or two calls, each with its own commit: more work per job, measured in
+tests/benchmarks/RESULTS.md).
 
 Each call's primitive runs first without a savepoint (two statements per call saved). If one
 fails, the backend rolls the group back and runs it again with each call in its own savepoint
@@ -23,6 +28,8 @@ from conveyor.errors import StorageError
 
 Outcome = tuple[bool, Any] | None
 """Per call: (True, result), (False, exception), or None when its caller gave up before it ran."""
+Committed = tuple[list[Outcome], "asyncio.Future[None] | None"]
+"""A group's outcomes, and what to await before its callers hear them (None: nothing)."""
 
 
 @dataclass(slots=True)
@@ -53,7 +60,7 @@ class GroupQueue:
     side)."""
 
     def __init__(
-        self, commit: Callable[[list[Op]], Awaitable[list[Outcome]]], *, max_group: int, flushers: int = 1
+        self, commit: Callable[[list[Op]], Awaitable[Committed]], *, max_group: int, flushers: int = 1
     ) -> None:
         self._commit = commit
         self.max_group = max_group
@@ -81,15 +88,11 @@ class GroupQueue:
         try:
             while self._pending:
                 group, self._pending = self._pending[: self.max_group], self._pending[self.max_group :]
-                outcomes = await self._commit(group)
-                for op, outcome in zip(group, outcomes, strict=True):
-                    if outcome is None or op.future.done():
-                        continue
-                    ok, value = outcome
-                    if ok:
-                        op.future.set_result(value)
-                    else:
-                        op.future.set_exception(value)
+                outcomes, durable = await self._commit(group)
+                if durable is not None:
+                    await asyncio.wait([durable])
+                    outcomes = _unless_lost(durable, outcomes)
+                _answer(group, outcomes)
                 group = []
         except BaseException as exc:
             # Never leave a caller waiting: whatever broke the flusher fails its calls and,
@@ -107,6 +110,27 @@ class GroupQueue:
             # ran would see no free flusher slot and wait forever.
             task = asyncio.current_task()
             self._flushers.discard(task)
+
+
+def _unless_lost(durable: asyncio.Future[None], outcomes: list[Outcome]) -> list[Outcome]:
+    """``outcomes``, or failures if the commit is not known to be on disk: then no caller may
+    take its call as done."""
+    if not durable.cancelled() and durable.exception() is None:
+        return outcomes
+    error = None if durable.cancelled() else durable.exception()
+    failure = error if isinstance(error, StorageError) else StorageError("the commit could not be made durable")
+    return [None if outcome is None else (False, failure) for outcome in outcomes]
+
+
+def _answer(group: list[Op], outcomes: list[Outcome]) -> None:
+    for op, outcome in zip(group, outcomes, strict=True):
+        if outcome is None or op.future.done():
+            continue
+        ok, value = outcome
+        if ok:
+            op.future.set_result(value)
+        else:
+            op.future.set_exception(value)
 
 
 def run_group(

@@ -28,7 +28,7 @@ from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .event_log import EVENTS_KEY, PostgresEventLog
-from .grouping import GroupQueue, Op, Outcome, commits_lazily, run_group
+from .grouping import Committed, GroupQueue, Op, Outcome, commits_lazily, run_group
 from .primitives import ensure_schema
 
 T = TypeVar("T")
@@ -129,7 +129,12 @@ class PostgresStorage(SqlStorage):
             self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
         return result
 
-    async def _commit_group(self, group: list[Op]) -> list[Outcome]:
+    async def _commit_group(self, group: list[Op]) -> Committed:
+        """The group's transaction; its COMMIT returns once the WAL is flushed, so the callers
+        are answered at once (nothing more to wait for)."""
+        return await self._transaction(group), None
+
+    async def _transaction(self, group: list[Op]) -> list[Outcome]:
         """One transaction for the group (see `grouping`); deadlocks and serialization
         failures roll it back whole and run it again."""
         engine = self._engine

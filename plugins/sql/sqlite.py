@@ -1,36 +1,39 @@
 """SQLite backend: group commit on the event loop.
 
 SQLite allows one writer at a time, and a commit costs an fsync, so calls are not run one by one:
-they go through `grouping.GroupQueue` with one flusher, and each group is one transaction and
-one fsync (a failing call is undone alone, see `grouping`).
+they go through `grouping.GroupQueue` with one flusher, and each group is one transaction (a
+failing call is undone alone, see `grouping`).
 
 The flush runs on the loop thread itself. Running whole groups on a second thread costs a thread
 hop (~100 µs here) per call and a GIL hand-over per group, which measured slower
-(tests/benchmarks/RESULTS.md). Only the COMMIT of a group that several callers share moves to a
-thread, so the loop keeps serving while the disk syncs (see `SqliteStorage._commit`).
+(tests/benchmarks/RESULTS.md).
 
-Durability: WAL with ``synchronous=FULL`` (the default) -- when a call returns, its transaction
-is in the WAL on disk and survives a power loss, not just a process crash. Claims are the
-exception (``flush=False``, see `grouping.Op`): a group of only claims commits at ``NORMAL``,
-as losing one only delivers its jobs again; the next flushed commit makes it durable too.
-``NORMAL`` (setting ``sqlite_synchronous``) skips the per-commit fsync: still safe against a crash of the process,
-but the last commits may be lost if the machine loses power. Several processes may share one
-file; SQLite serializes their writers (``BEGIN IMMEDIATE``); while another process holds the
-write lock, the flusher waits asynchronously, so this process's loop keeps running.
+Durability: WAL, and with ``sqlite_synchronous=FULL`` (the default) a call is answered only once
+its transaction is in the WAL on disk: it survives a power loss, not just a process crash. The
+fsync is not done in the COMMIT: the connection runs at ``NORMAL``, and `wal_sync.WalSyncer`'s
+helper process syncs the WAL after each group that wrote, while the loop serves connections
+(the same guarantee as SQLite's own ``FULL``; see `wal_sync`). A group that only claimed jobs
+(``flush=False``, see `grouping.Op`) asks for no fsync, as losing a claim only delivers its
+jobs again (it runs after the group before it is on disk, so it never hands out a job whose push
+the disk may yet lose). Where the WAL cannot be used (an in-memory database) or the helper does
+not start, the COMMIT itself syncs (``FULL``, on the loop). ``NORMAL`` (the setting) skips the fsync: still safe
+against a crash of the process, but the last commits may be lost if the machine loses power.
+
+Several processes may share one file; SQLite serializes their writers (``BEGIN IMMEDIATE``);
+while another process holds the write lock, the flusher waits asynchronously, so this process's
+loop keeps running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -39,8 +42,9 @@ from sqlalchemy.pool import StaticPool
 from conveyor.errors import ConveyorError, StorageError
 
 from .base import Primitive, SqlStorage
-from .grouping import GroupQueue, Op, Outcome, commits_lazily, needs_flush, run_group
+from .grouping import Committed, GroupQueue, Op, needs_flush, run_group
 from .primitives import ensure_schema
+from .wal_sync import WalSyncer
 
 T = TypeVar("T")
 """(ok, value or error) for an op that ran; None for one whose caller left before it ran."""
@@ -75,8 +79,8 @@ class SqliteStorage(SqlStorage):
         self._groups = GroupQueue(self._commit_group, max_group=MAX_GROUP)
         self._conn: Connection | None = None
         self._closing = False
-        self._committer: ThreadPoolExecutor | None = None
-        """Runs the COMMIT (the fsync) of groups that several callers share; see `_commit`."""
+        self._syncer: WalSyncer | None = None
+        """Makes commits durable when ``synchronous`` is FULL and the database is in WAL mode."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -85,22 +89,31 @@ class SqliteStorage(SqlStorage):
         # Opening may meet another process creating the same file: wait for it as long as a
         # writer would. Afterwards lock waits happen in `_begin`, with the loop free.
         conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
-        if not self.memory:
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        wal = not self.memory and conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
+        if wal and self.synchronous == "FULL":  # the fsync is the syncer's, after each COMMIT
+            self._syncer = WalSyncer(Path(self.path + "-wal").absolute())
+            conn.execute("PRAGMA synchronous = NORMAL")
+        else:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA cache_size = -65536")
         conn.execute(f"PRAGMA busy_timeout = {LOCK_POLL_MS}")
         return conn
 
     async def open(self) -> None:
-        if not self.memory and self.synchronous == "FULL":
-            self._committer = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite-commit")
         engine = create_engine("sqlite://", creator=self._connect, poolclass=StaticPool)
         try:
             self._conn = engine.connect()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open {self.url}: {getattr(exc, 'orig', exc)}") from None
+        if self._syncer is not None:
+            try:
+                await self._syncer.start()
+            except StorageError as exc:
+                log.warning("%s: %s; each COMMIT syncs instead (synchronous=FULL)", self.path, exc.message)
+                self._syncer = None
+                raw: Any = self._conn.connection.driver_connection
+                raw.execute("PRAGMA synchronous = FULL")
         try:
             await self._run(_schema)
         except BaseException:
@@ -114,11 +127,11 @@ class SqliteStorage(SqlStorage):
         conn, self._conn = self._conn, None
         if conn is None:
             return
+        if self._syncer is not None:
+            await self._syncer.close()
         engine = conn.engine
         conn.close()
         engine.dispose()
-        if self._committer is not None:
-            self._committer.shutdown()
         self.wakeups.wake_all()
 
     @asynccontextmanager
@@ -164,9 +177,12 @@ class SqliteStorage(SqlStorage):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _commit_group(self, group: list[Op]) -> list[Outcome]:
+    async def _commit_group(self, group: list[Op]) -> Committed:
         """Run ``group`` in one transaction, each op in its own savepoint; None for an op whose
         caller was cancelled before it ran (it is skipped, so a cancelled pull claims nothing).
+        With it, what to await before the callers hear the outcomes: the fsync of this commit,
+        when the group wrote something that must be durable (the group before has been synced:
+        the flusher waited for it).
 
         Transactions and savepoints go straight to the driver: through SQLAlchemy they cost
         ~100 µs each, more than an insert. SQLAlchemy's own idea of the transaction is reset
@@ -174,6 +190,8 @@ class SqliteStorage(SqlStorage):
         conn = self._conn
         assert conn is not None  # close() drains the groups before closing
         raw: Any = conn.connection.driver_connection
+        if self._syncer is not None and self._syncer.failed is not None and needs_flush(group):
+            return [None if op.future.done() else (False, StorageError(self._syncer.failed)) for op in group], None
 
         @contextmanager
         def savepoint() -> Iterator[None]:
@@ -189,10 +207,7 @@ class SqliteStorage(SqlStorage):
         def run(op: Op) -> Any:
             return op.fn(conn, *op.args)
 
-        lazy = self.synchronous == "FULL" and commits_lazily(group)
         try:
-            if lazy:  # this commit may skip the fsync; the next flushed one covers it
-                raw.execute("PRAGMA synchronous = NORMAL")
             await self._begin(raw, read_only=all(op.read_only for op in group))
             try:
                 outcomes = run_group(group, run, savepoint, _translate, isolated=False)
@@ -200,7 +215,7 @@ class SqliteStorage(SqlStorage):
                     raw.execute("ROLLBACK")
                     await self._begin(raw, read_only=False)
                     outcomes = run_group(group, run, savepoint, _translate, isolated=True)
-                await self._commit(raw, group)
+                raw.execute("COMMIT")
             finally:
                 if raw.in_transaction:
                     raw.execute("ROLLBACK")
@@ -210,36 +225,11 @@ class SqliteStorage(SqlStorage):
             error = _translate(exc)
             if len(group) > 1 and not isinstance(error, ConveyorError):
                 log.error("sqlite group commit failed: %s", exc)
-            return [(False, error)] * len(group)
-        finally:
-            if lazy:
-                raw.execute(f"PRAGMA synchronous = {self.synchronous}")
+            return [(False, error)] * len(group), None
         assert outcomes is not None
-        return outcomes
-
-    async def _commit(self, raw: sqlite3.Connection, group: list[Op]) -> None:
-        """COMMIT, on the committer thread when several callers share the group: while the
-        fsync runs, the loop parses their next requests and answers finished ones (measured:
-        +60% for 16 HTTP clients pushing batches). A lone caller commits on the loop, as the
-        thread hop would only add to its wait. The transaction must end before the connection is
-        touched again, whatever happens to the flusher: the wait is shielded from anyio
-        cancellation, and a plain task cancel (which passes the shield) waits for the COMMIT,
-        lets the callers hear its outcome, then takes effect at the flusher's next await."""
-        if self._committer is None or len(group) == 1 or not needs_flush(group):
-            raw.execute("COMMIT")
-            return
-        running = self._committer.submit(raw.execute, "COMMIT")
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wrap_future(running)
-        except asyncio.CancelledError:  # a plain task cancel (loop teardown) passes the shield
-            concurrent.futures.wait([running])  # the connection is not touched mid-COMMIT
-            if running.exception() is not None:
-                raise
-            # Committed: the callers hear so, and the task is cancelled again at its next await
-            # (or as it ends), so the cancellation is not lost.
-            if (task := asyncio.current_task()) is not None:
-                task.cancel()
+        if self._syncer is None:
+            return outcomes, None
+        return outcomes, self._syncer.request() if needs_flush(group) else None
 
 
 def _schema(conn: Connection) -> tuple[None, set[str]]:

@@ -70,49 +70,144 @@ async def test_many_concurrent_calls_each_get_their_own_outcome(url: str) -> Non
         assert sorted(job.name for job in stored) == sorted(f"job-{i}" for i in range(0, 200, 5))
 
 
-async def test_a_shared_group_commits_on_the_committer_thread_and_is_on_disk(tmp_path: Path) -> None:
-    """A group of several callers is committed off the loop; each call returns only once its
-    transaction is committed: another connection sees every acknowledged job."""
+def _helper(app: Conveyor) -> Any:
+    """The SQLite storage's WAL sync helper process (`wal_sync`)."""
+    syncer = app.storage._syncer
+    assert syncer is not None and syncer._process is not None
+    return syncer._process
+
+
+def _row_names(path: Path) -> list[str]:
+    """What another connection sees in the file: committed rows, acknowledged or not."""
     import sqlite3
-    import threading
+
+    other = sqlite3.connect(path)
+    try:
+        return sorted(row[0] for row in other.execute("SELECT name FROM conveyor_jobs"))
+    finally:
+        other.close()
+
+
+async def test_a_write_is_answered_only_once_the_helper_has_synced_the_wal(tmp_path: Path) -> None:
+    """The COMMIT runs at ``NORMAL`` (no fsync); the helper process fsyncs the WAL, and only
+    then is the caller answered. With the helper stopped, a push is committed (another
+    connection sees it) but not answered; a claim, which needs no fsync, is."""
+    import os
+    import signal
 
     path = tmp_path / "c.db"
     async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
-        ids: list[Any] = []
-
-        async def push(i: int) -> None:
-            ids.append(await app.push("q", f"job-{i}"))
-
-        async with anyio.create_task_group() as tg:  # started in one tick: one group
-            for i in range(20):
-                tg.start_soon(push, i)
-        assert any(t.name.startswith("conveyor-sqlite-commit") for t in threading.enumerate())
-        other = sqlite3.connect(path)
+        raw = app.storage._conn.connection.driver_connection
+        assert raw.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL: the helper syncs
+        helper = _helper(app)
+        if os.path.isdir(f"/proc/{helper.pid}/fd"):  # Linux: it holds the WAL open
+            held = {os.path.realpath(f"/proc/{helper.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{helper.pid}/fd")}
+            assert os.path.realpath(f"{path}-wal") in held
+        await app.push("q", "before")
+        os.kill(helper.pid, signal.SIGSTOP)
         try:
-            stored = {row[0] for row in other.execute("SELECT id FROM conveyor_jobs")}
+            claimed = await app.pull("q")  # a claim asks for no fsync
+            assert [job.name for job in claimed] == ["before"]
+            async with anyio.create_task_group() as tg:
+                answered = anyio.Event()
+
+                async def push() -> None:
+                    await app.push("q", "held")
+                    answered.set()
+
+                tg.start_soon(push)
+                while "held" not in _row_names(path):  # committed...
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.2)
+                assert not answered.is_set()  # ...but not answered while the WAL is not synced
+                os.kill(helper.pid, signal.SIGCONT)
         finally:
-            other.close()
-        assert stored == {job_id.hex for job_id in ids}
-    assert not any(t.name.startswith("conveyor-sqlite-commit") for t in threading.enumerate())
+            os.kill(helper.pid, signal.SIGCONT)
+        assert answered.is_set()
+    assert helper.poll() is not None  # closing the storage stopped it
 
 
-async def test_a_claim_commits_without_waiting_for_the_disk_and_a_push_waits(url: str) -> None:
-    """Claims (``flush=False``) commit without the flush: SQLite runs that transaction at
-    ``synchronous=NORMAL`` and PostgreSQL with ``synchronous_commit=off``; every other change,
-    and any group holding one, still waits for the disk, and the setting is restored after."""
+async def test_a_helper_that_dies_fails_the_calls_waiting_on_it_and_another_one_starts(tmp_path: Path) -> None:
+    """Whether a commit reached the disk is unknown when the helper dies mid-sync: its callers
+    get an error, never a success. The next write starts a new helper."""
+    import os
+    import signal
+
+    from conveyor import StorageError
+
+    path = tmp_path / "dies.db"
+    async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
+        helper = _helper(app)
+        os.kill(helper.pid, signal.SIGSTOP)
+        async with anyio.create_task_group() as tg:
+            outcome: list[Any] = []
+
+            async def push() -> None:
+                try:
+                    outcome.append(await app.push("q", "unknown"))
+                except StorageError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(push)
+            while "unknown" not in _row_names(path):
+                await anyio.sleep(0.01)
+            os.kill(helper.pid, signal.SIGKILL)
+        assert isinstance(outcome[0], StorageError) and "durable" in outcome[0].message
+        await app.push("q", "after")
+        assert _helper(app).pid != helper.pid
+        assert [job.name for job in await app.pull("q", 10)] == ["unknown", "after"]
+
+
+async def test_an_fsync_error_fails_its_calls_and_every_later_write(tmp_path: Path) -> None:
+    """After the disk reports a write error, data written since may be lost: the storage
+    refuses writes that need the disk from then on, and says why. (The error is made by
+    pointing a new helper at a WAL that does not exist.)"""
+    import os
+    import signal
+
+    from conveyor import StorageError
+
+    async with Conveyor(f"sqlite:///{tmp_path / 'e.db'}", maintenance=False, plugin_autoload=False) as app:
+        syncer = app.storage._syncer
+        os.kill(_helper(app).pid, signal.SIGKILL)
+        while syncer._process is not None:  # the loop notices it is gone
+            await anyio.sleep(0.01)
+        syncer.wal = tmp_path / "missing" / "e.db-wal"
+        for name in ("first", "second"):
+            with pytest.raises(StorageError, match="fsync of .*e.db-wal failed"):
+                await app.push("q", name)
+        assert syncer._process is None  # refused without starting another helper
+        # "first" was committed before its fsync failed (its outcome is unknown to its caller);
+        # "second" was refused before it ran. Reads need no fsync.
+        assert (await app.stats("q")).waiting == 1
+
+
+async def test_without_a_helper_each_commit_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``sys.executable`` cannot run the helper (some embedding hosts), the storage says
+    so and commits at ``synchronous=FULL`` instead: durable, with the fsync in the COMMIT."""
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    async with Conveyor(f"sqlite:///{tmp_path / 'f.db'}", maintenance=False, plugin_autoload=False) as app:
+        storage: Any = app.storage
+        assert storage._syncer is None
+        assert storage._conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+        await app.push("q", "a")
+        assert [job.name for job in await app.pull("q")] == ["a"]
+
+
+async def test_a_claim_commits_without_waiting_for_the_wal_flush_on_postgres(pg_schema: str) -> None:
+    """Claims (``flush=False``) commit with ``synchronous_commit=off``; every other change, and
+    any group holding one, still waits for the WAL flush, and the setting is restored after."""
 
     def setting(conn: Any) -> tuple[str, set[str]]:
-        if conn.dialect.name == "postgresql":
-            return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()), set()
-        return str(conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]), set()
+        return str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()), set()
 
-    async with Conveyor(url, maintenance=False, plugin_autoload=False) as app:
+    async with Conveyor(pg_schema, maintenance=False, plugin_autoload=False) as app:
         storage: Any = app.storage
-        lazy = "off" if url.startswith("postgresql") else "1"
-        flushed = "on" if url.startswith("postgresql") else "2"
-        assert await storage._run(setting, flush=False) == lazy
-        assert await storage._run(setting) == flushed
-        assert await storage._run(setting, flush=False) == lazy
+        assert await storage._run(setting, flush=False) == "off"
+        assert await storage._run(setting) == "on"
+        assert await storage._run(setting, flush=False) == "off"
         outcomes: dict[str, str] = {}
 
         async def call(name: str, flush: bool) -> None:
@@ -121,49 +216,7 @@ async def test_a_claim_commits_without_waiting_for_the_disk_and_a_push_waits(url
         async with anyio.create_task_group() as tg:  # started in one tick: one group
             tg.start_soon(call, "claim", False)
             tg.start_soon(call, "push", True)
-        assert outcomes == {"claim": flushed, "push": flushed}  # the group waits for its push
+        assert outcomes == {"claim": "on", "push": "on"}  # the group waits for its push
         await app.push("q", "a")
         assert [job.name for job in await app.pull("q")] == ["a"]
-        assert await storage._run(setting) == flushed
-
-
-async def test_a_plain_cancel_of_the_flusher_mid_commit_waits_and_reports_the_commit(tmp_path: Path) -> None:
-    """Loop teardown cancels leftover tasks with ``Task.cancel()``, which an anyio shield does
-    not stop. A flusher cancelled while its COMMIT runs on the committer thread waits for it
-    (nothing touches the connection meanwhile) and its callers get what was committed."""
-    import asyncio
-    import sqlite3
-    import threading
-    from concurrent.futures import Future, ThreadPoolExecutor
-
-    release = threading.Event()
-
-    class HeldCommit(ThreadPoolExecutor):
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
-            def run() -> Any:
-                result = fn(*args)
-                release.wait(30)  # the tail of a slow fsync
-                return result
-
-            return super().submit(run)
-
-    path = tmp_path / "cancel.db"
-    async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
-        storage: Any = app.storage
-        storage._committer.shutdown()
-        storage._committer = HeldCommit(1, thread_name_prefix="conveyor-sqlite-commit")
-        pushes = [asyncio.ensure_future(app.push("q", f"j{i}")) for i in range(3)]
-        while not storage._groups._flushers:
-            await asyncio.sleep(0)
-        await asyncio.sleep(0.05)  # the group is on the thread, held
-        threading.Timer(0.2, release.set).start()  # the loop itself will be blocked, waiting
-        for flusher in list(storage._groups._flushers):
-            flusher.cancel()
-        ids = await asyncio.gather(*pushes)
-        assert len(set(ids)) == 3
-        assert [job.name for job in await app.pull("q", 10)] == ["j0", "j1", "j2"]
-    stored = sqlite3.connect(path)
-    try:
-        assert sorted(row[0] for row in stored.execute("SELECT name FROM conveyor_jobs")) == ["j0", "j1", "j2"]
-    finally:
-        stored.close()
+        assert await storage._run(setting) == "on"
