@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -90,8 +91,9 @@ class SqliteStorage(SqlStorage):
         # writer would. Afterwards lock waits happen in `_begin`, with the loop free.
         conn.execute(f"PRAGMA busy_timeout = {int(LOCK_WAIT_S * 1000)}")
         wal = not self.memory and conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal"
-        if wal and self.synchronous == "FULL":  # the fsync is the syncer's, after each COMMIT
-            self._syncer = WalSyncer(Path(self.path + "-wal").absolute())
+        if wal and self.synchronous == "FULL" and self._syncer is None:  # the syncer's fsync, after each COMMIT
+            # SQLite puts the WAL beside the file a symlink points to
+            self._syncer = WalSyncer(Path(os.path.realpath(self.path) + "-wal"))
             conn.execute("PRAGMA synchronous = NORMAL")
         else:
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -106,19 +108,21 @@ class SqliteStorage(SqlStorage):
             self._conn = engine.connect()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot open {self.url}: {getattr(exc, 'orig', exc)}") from None
-        if self._syncer is not None:
-            try:
-                await self._syncer.start()
-            except StorageError as exc:
-                log.warning("%s: %s; each COMMIT syncs instead (synchronous=FULL)", self.path, exc.message)
-                self._syncer = None
-                raw: Any = self._conn.connection.driver_connection
-                raw.execute("PRAGMA synchronous = FULL")
         try:
+            if self._syncer is not None and not await self._syncer.start():
+                self._sync_in_commit()
             await self._run(_schema)
         except BaseException:
             await self.close()
             raise
+
+    def _sync_in_commit(self) -> None:
+        """Without a helper, each COMMIT makes its own fsync (SQLite's ``FULL``)."""
+        assert self._conn is not None
+        log.warning("%s: the WAL sync helper cannot run; each COMMIT syncs instead (synchronous=FULL)", self.path)
+        self._syncer = None
+        raw: Any = self._conn.connection.driver_connection
+        raw.execute("PRAGMA synchronous = FULL")
 
     async def close(self) -> None:
         """Finish every call already queued, refuse new ones, then close. Safe to call twice."""
@@ -190,8 +194,16 @@ class SqliteStorage(SqlStorage):
         conn = self._conn
         assert conn is not None  # close() drains the groups before closing
         raw: Any = conn.connection.driver_connection
-        if self._syncer is not None and self._syncer.failed is not None and needs_flush(group):
-            return [None if op.future.done() else (False, StorageError(self._syncer.failed)) for op in group], None
+        syncer = self._syncer
+        if syncer is not None:
+            # Nothing runs before the commits already made are on disk (a flusher cancelled
+            # while it waited leaves one behind): no claim hands out a job that may be lost.
+            await syncer.settled()
+            if needs_flush(group):
+                if syncer.failed is not None:  # refused before it runs: nothing of it is stored
+                    return [None if op.future.done() else (False, StorageError(syncer.failed)) for op in group], None
+                if not await syncer.start():  # it died and cannot be started again
+                    self._sync_in_commit()
 
         @contextmanager
         def savepoint() -> Iterator[None]:

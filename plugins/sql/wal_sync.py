@@ -17,7 +17,14 @@ durable; one reply line per fsync, naming the newest request it covers). It open
 directory the first time it sees the file (as SQLite does for a new WAL), and reopens it if it was
 replaced. A failed fsync fails the waiting calls, and every later sync: after a write error the
 kernel may have dropped the data, so nothing written since can be promised. A helper that dies
-fails the calls waiting on it; the next sync starts a new one.
+fails the calls waiting on it; the next group that writes starts a new one first (or, if none
+starts, syncs in its COMMIT from then on). A call told its sync failed was committed all the
+same: its outcome is unknown to it, as after a lost connection (SQLite's own ``FULL`` would not
+publish such a commit).
+
+Another process sharing the file sees a commit before its fsync has finished (SQLite's ``FULL``
+syncs before publishing): a power loss can then undo a job that process already claimed. Within
+this process nothing runs before the commits before it are on disk (`SqliteStorage._commit_group`).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from conveyor.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-START_TIMEOUT_S = 30.0
+START_TIMEOUT_S = 10.0
 """How long the helper may take to start (an interpreter start: ~50 ms here, more on a loaded host)."""
 
 _HELPER = r"""
@@ -59,12 +66,15 @@ while True:
                 os.close(fd)
             fd = os.open(wal, os.O_RDWR)
             seen = (now.st_dev, now.st_ino)
-            if os.name == "posix":  # the WAL's directory entry, as SQLite syncs it for a new WAL
+            try:  # the WAL's directory entry, as SQLite syncs it for a new WAL (and, as SQLite
+                # does, ignoring file systems that cannot sync a directory)
                 folder = os.open(os.path.dirname(wal) or ".", os.O_RDONLY)
                 try:
                     os.fsync(folder)
                 finally:
                     os.close(folder)
+            except OSError:
+                pass
         sync(fd)
         reply = newest + b" ok\n"
     except OSError as exc:
@@ -87,17 +97,28 @@ class WalSyncer:
         self.failed: str | None = None
         """Why syncs are refused for good (an fsync reported an error), or None."""
 
-    async def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Start the helper and wait until it runs; `StorageError` if it cannot (where
-        ``sys.executable`` is not a Python that runs ``-c``, as in some embedding hosts)."""
+    async def start(self, timeout_s: float = START_TIMEOUT_S) -> bool:
+        """Start the helper (unless it runs) and wait until it does; False if it cannot: where
+        ``sys.executable`` is not a Python that runs ``-c`` (some embedding hosts), or the loop
+        cannot watch a pipe (Windows' default loop)."""
+        if self._process is not None and self._process.poll() is None:
+            return True
+        self._stop("it stopped")
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         try:
             self._running(loop)
             await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stops it, the caller syncs another way
             self._stop(f"it did not start: {exc!r}")
-            raise StorageError(f"the WAL sync helper did not start: {exc!r}") from None
+            log.warning("the WAL sync helper for %s did not start: %r", self.wal, exc)
+            return False
+        return True
+
+    async def settled(self) -> None:
+        """Wait until every sync asked for has finished (successfully or not)."""
+        if self._waiting:
+            await asyncio.wait(list(self._waiting.values()))
 
     def request(self) -> asyncio.Future[None]:
         """A future that completes once everything committed so far is on disk (or fails
@@ -121,8 +142,7 @@ class WalSyncer:
 
     async def close(self) -> None:
         """Wait for the syncs asked for, then stop the helper."""
-        if self._waiting:
-            await asyncio.wait(list(self._waiting.values()))
+        await self.settled()
         self._stop("the storage is closed")
 
     def _running(self, loop: asyncio.AbstractEventLoop) -> subprocess.Popen[bytes]:
@@ -162,6 +182,9 @@ class WalSyncer:
             if number == b"ready":
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(None)
+            elif not number.isdigit():  # not our helper's words: whatever it synced is unknown
+                self._stop(f"the WAL sync helper wrote {line[:100]!r}")
+                return
             elif outcome == b"ok":
                 self._settle(int(number), None)
             else:
@@ -198,6 +221,7 @@ class WalSyncer:
                 process.kill()
                 process.wait()
             process.stdout.close()
+        self._replies = b""  # a line the old helper left half written is not the new one's
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(StorageError(f"the WAL sync helper did not start: {why}"))
         self._settle(self._requested, StorageError(f"could not make the commit durable: {why}"))

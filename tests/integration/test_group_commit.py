@@ -158,6 +158,47 @@ async def test_a_helper_that_dies_fails_the_calls_waiting_on_it_and_another_one_
         assert [job.name for job in await app.pull("q", 10)] == ["unknown", "after"]
 
 
+async def test_a_helper_that_cannot_start_again_leaves_the_commit_to_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper killed while ``sys.executable`` no longer runs (a rebuilt environment under a
+    running server): the next write is not refused, its COMMIT syncs (``FULL``) from then on."""
+    import os
+    import signal
+    import sys
+
+    async with Conveyor(f"sqlite:///{tmp_path / 'gone.db'}", maintenance=False, plugin_autoload=False) as app:
+        storage: Any = app.storage
+        os.kill(_helper(app).pid, signal.SIGKILL)
+        while storage._syncer._process is not None:  # the loop notices it is gone
+            await anyio.sleep(0.01)
+        monkeypatch.setattr(sys, "executable", "/bin/false")
+        await app.push("q", "a")
+        assert storage._syncer is None
+        assert storage._conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+        assert [job.name for job in await app.pull("q")] == ["a"]
+
+
+async def test_the_helper_syncs_the_wal_beside_the_file_a_symlink_names(tmp_path: Path) -> None:
+    """SQLite resolves a symlinked database path and writes its WAL beside the real file; a
+    stale file beside the link must not be what gets synced."""
+    import os
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "q.db").symlink_to(tmp_path / "real" / "q.db")
+    (tmp_path / "link" / "q.db-wal").touch()
+    async with Conveyor(f"sqlite:///{tmp_path / 'link' / 'q.db'}", maintenance=False, plugin_autoload=False) as app:
+        await app.push("q", "a")
+        assert app.storage._syncer.wal == tmp_path / "real" / "q.db-wal"
+        assert (tmp_path / "real" / "q.db-wal").stat().st_size > 0
+        helper = _helper(app)
+        if os.path.isdir(f"/proc/{helper.pid}/fd"):  # Linux: the file it holds open
+            held = {os.path.realpath(f"/proc/{helper.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{helper.pid}/fd")}
+            assert str(tmp_path / "real" / "q.db-wal") in held
+            assert str(tmp_path / "link" / "q.db-wal") not in held
+
+
 async def test_an_fsync_error_fails_its_calls_and_every_later_write(tmp_path: Path) -> None:
     """After the disk reports a write error, data written since may be lost: the storage
     refuses writes that need the disk from then on, and says why. (The error is made by
