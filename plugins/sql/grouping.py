@@ -6,9 +6,8 @@ transaction with one commit, which is what a durable commit costs: an fsync on S
 flush on PostgreSQL. Sixteen clients pushing at once cost one commit, not sixteen. A backend may
 hand back, with a group's outcomes, a future that completes when its commit is on disk (SQLite's
 `wal_sync`): the callers are answered then, and the next group waits for it too, so the calls
-that arrive meanwhile share one transaction and one fsync (running it at once made groups of one
-or two calls, each with its own commit: more work per job, measured in
-tests/benchmarks/RESULTS.md).
+that arrive meanwhile share one transaction and one fsync (running it at once cost more work per
+job: the groups stay small, each with its own commit; tests/benchmarks/RESULTS.md).
 
 Each call's primitive runs first without a savepoint (two statements per call saved). If one
 fails, the backend rolls the group back and runs it again with each call in its own savepoint
