@@ -207,9 +207,9 @@ _CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 
 def canonical_job_id(value: Any) -> UUID | None:
     """The id ``value`` writes in the form ``str(UUID)`` gives (lowercase hex, hyphenated), else
-    None. One compiled match instead of `check_job_id`'s length checks: the ids clients echo
-    back (ack, fail) are in this form. ``int(digits, 16)`` alone would also take a sign,
-    whitespace, underscores and non-ASCII digits, which are not this form."""
+    None: the form clients echo back (ack, fail), made into a `UUID` ~3x faster than ``UUID()``
+    does. One compiled match: ``int(digits, 16)`` alone would also take a sign, whitespace,
+    underscores and non-ASCII digits, which are not this form."""
     if type(value) is str and _CANONICAL_ID(value):
         return uuid_from_int(int(value.replace("-", ""), 16))
     return None
@@ -218,11 +218,11 @@ def canonical_job_id(value: Any) -> UUID | None:
 def check_job_id(value: Any, field: str = "id") -> UUID:
     if isinstance(value, UUID):
         return value
+    if (canonical := canonical_job_id(value)) is not None:
+        return canonical
     if isinstance(value, str):
         try:
-            if len(value) == 36 and len(digits := value.replace("-", "")) == 32:
-                return uuid_from_int(int(digits, 16))  # what UUID(value) makes, ~3x faster
-            return UUID(value)
+            return UUID(value)  # the other forms it takes: braces, urn:uuid:, uppercase, no hyphens
         except ValueError:
             pass
     raise ValidationError(f"{field} must be a job UUID, got {str(value)[:64]!r}", field=field)

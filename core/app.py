@@ -670,7 +670,7 @@ def _parse_ack_item(index: int, item: Any) -> tuple[UUID, Any, str] | Validation
         # it, rather than written again (0.7 µs per acked job); any other form is parsed and
         # the reply gives it in that form.
         if (job_id := limits.canonical_job_id(text)) is None:
-            job_id = limits.check_job_id(text)
+            job_id = limits.check_job_id(text)  # parses another form, or refuses
             text = str(job_id)
         if result is not None:
             limits.check_json_bytes("result", result, limits.MAX_DATA_BYTES)

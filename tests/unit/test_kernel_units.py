@@ -322,7 +322,7 @@ def test_tune_gc_freezes_the_start_up_heap_and_raises_only_the_first_threshold()
     ],
 )  # fmt: skip
 def test_job_ids_parse_exactly_as_uuid_does(text: str) -> None:
-    """`check_job_id` has a fast path for 36-character ids; it accepts and refuses what
+    """`check_job_id` has a fast path for canonical ids; it accepts and refuses what
     ``uuid.UUID`` does, and makes an equal, equally hashed UUID. `canonical_job_id` takes
     exactly the texts ``str()`` of a UUID writes, and makes the same UUID."""
     from conveyor._limits import canonical_job_id, check_job_id
