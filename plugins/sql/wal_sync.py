@@ -107,8 +107,18 @@ class WalSyncer:
         loop = asyncio.get_running_loop()
         self._ready = loop.create_future()
         try:
-            self._running(loop)
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _HELPER, str(self.wal)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the server drains
+            )
+            self._process, self._loop = process, loop
+            assert process.stdout is not None
+            os.set_blocking(process.stdout.fileno(), False)
+            loop.add_reader(process.stdout.fileno(), self._read)
+            await asyncio.wait_for(self._ready, timeout_s)
         except Exception as exc:  # noqa: BLE001 - whatever stops it, the caller syncs another way
             self._stop(f"it did not start: {exc!r}")
             log.warning("the WAL sync helper for %s did not start: %r", self.wal, exc)
@@ -122,18 +132,17 @@ class WalSyncer:
 
     def request(self) -> asyncio.Future[None]:
         """A future that completes once everything committed so far is on disk (or fails
-        with `StorageError`). Call it right after a COMMIT returns."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        with `StorageError`). Call it right after a COMMIT returns, the helper `start`ed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failed is not None:
             done.set_exception(StorageError(self.failed))
             return done
         try:
-            process = self._running(loop)
+            if self._process is None or self._process.stdin is None:
+                raise BrokenPipeError("the helper is not running")
             self._requested += 1
-            assert process.stdin is not None
-            os.write(process.stdin.fileno(), b"%d\n" % self._requested)
-        except OSError as exc:  # could not start it, or it died: a later request starts another
+            os.write(self._process.stdin.fileno(), b"%d\n" % self._requested)
+        except OSError as exc:  # it died since `start`: the next group starts another
             self._stop(f"the WAL sync helper is not running ({exc!r})")
             done.set_exception(StorageError(f"could not make the commit durable: {exc!r}"))
             return done
@@ -144,22 +153,6 @@ class WalSyncer:
         """Wait for the syncs asked for, then stop the helper."""
         await self.settled()
         self._stop("the storage is closed")
-
-    def _running(self, loop: asyncio.AbstractEventLoop) -> subprocess.Popen[bytes]:
-        if self._process is not None:
-            return self._process
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _HELPER, str(self.wal)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            start_new_session=True,  # a Ctrl-C at the terminal must not stop it before the server drains
-        )
-        assert process.stdout is not None
-        os.set_blocking(process.stdout.fileno(), False)
-        loop.add_reader(process.stdout.fileno(), self._read)
-        self._process, self._loop = process, loop
-        return process
 
     def _read(self) -> None:
         process = self._process
@@ -198,7 +191,7 @@ class WalSyncer:
 
     def _settle(self, newest: int, error: StorageError | None) -> None:
         """Complete every request up to ``newest``, oldest first (their callers answer in order)."""
-        for number in sorted(n for n in self._waiting if n <= newest):
+        for number in [n for n in self._waiting if n <= newest]:  # numbered as they were added
             done = self._waiting.pop(number)
             if not done.done():
                 if error is None:
@@ -208,7 +201,7 @@ class WalSyncer:
 
     def _stop(self, why: str) -> None:
         """Stop the helper; requests still waiting fail (whether their commit reached the disk
-        is unknown). The next `request` starts a new helper unless syncs failed for good."""
+        is unknown). The next `start` starts a new helper."""
         process, self._process = self._process, None
         if process is not None:
             assert process.stdin is not None and process.stdout is not None
