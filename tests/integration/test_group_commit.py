@@ -127,6 +127,37 @@ async def test_a_write_is_answered_only_once_the_helper_has_synced_the_wal(tmp_p
     assert helper.poll() is not None  # closing the storage stopped it
 
 
+async def test_after_a_cancelled_flusher_a_claim_waits_for_the_sync_it_left(tmp_path: Path) -> None:
+    """A flusher cancelled while its group's fsync runs (loop teardown) fails that group's
+    callers, but the commit stays in the WAL. A claim that follows must not hand out that job
+    before the fsync ends: the disk may yet lose it."""
+    import asyncio
+    import os
+    import signal
+
+    from conveyor import StorageError
+
+    path = tmp_path / "cancelled.db"
+    async with Conveyor(f"sqlite:///{path}", maintenance=False, plugin_autoload=False) as app:
+        storage: Any = app.storage
+        helper = _helper(app)
+        os.kill(helper.pid, signal.SIGSTOP)
+        try:
+            push = asyncio.ensure_future(app.push("q", "unsynced"))
+            while "unsynced" not in _row_names(path):
+                await asyncio.sleep(0.01)
+            for flusher in list(storage._groups._flushers):
+                flusher.cancel()
+            with pytest.raises(StorageError):
+                await push
+            pull = asyncio.ensure_future(app.pull("q"))
+            await asyncio.sleep(0.2)
+            assert not pull.done()  # the claim waits for the fsync in flight
+        finally:
+            os.kill(helper.pid, signal.SIGCONT)
+        assert [job.name for job in await pull] == ["unsynced"]
+
+
 async def test_a_helper_that_dies_fails_the_calls_waiting_on_it_and_another_one_starts(tmp_path: Path) -> None:
     """Whether a commit reached the disk is unknown when the helper dies mid-sync: its callers
     get an error, never a success. The next write starts a new helper."""
