@@ -57,6 +57,20 @@ async def test_cron_fires_at_matching_times_in_its_time_zone(app: Conveyor, cloc
     assert await names_in(app, "s") == ["j"]
 
 
+@pytest.mark.parametrize(
+    "expr", ["0 12 * * 1", "0 0 12 * * 1", "0 0 12 * * MON", "0 0 12 * * 0", "0 0 12 * * 7", "0 0 12 * * SUN"]
+)
+async def test_weekdays_are_numbered_as_crontab_in_both_forms(app: Conveyor, clock: FakeClock, expr: str) -> None:
+    """0 and 7 are Sunday and 1 is Monday with 5 fields and with 6 (as RustQueue's croner reads
+    them; Quartz's 1 = Sunday is not used)."""
+    clock.now = dt_to_ms(datetime.fromisoformat("2026-11-30T13:00:00+00:00"))  # a Monday, after noon
+    await app.add_schedule({"name": "weekly", "queue": "q", "job_name": "j", "cron_expr": expr})
+    next_run = (await app.get_schedule("weekly")).next_run_at
+    assert next_run is not None
+    assert next_run.strftime("%A %H:%M") == ("Monday 12:00" if expr.endswith(("1", "MON")) else "Sunday 12:00")
+    assert next_run.date().isoformat() == ("2026-12-07" if expr.endswith(("1", "MON")) else "2026-12-06")
+
+
 async def test_missed_due_times_fire_once_not_in_a_burst(app: Conveyor, clock: FakeClock) -> None:
     await app.add_schedule({"name": "m", "queue": "q", "job_name": "j", "every_ms": MINUTE})
     assert await fire(app, clock) == 1
