@@ -3,6 +3,7 @@ and is the async embedded API every protocol front end calls."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -49,6 +50,7 @@ from .models import (
     QueueInfo,
     trusted,
 )
+from .pulls import current_stop
 from .schedules import Schedule, ScheduleSpec, build_schedule, job_error, next_run_ms
 from .storage import Decide, Firing, Modified, Reject, Skip, Storage, Transition, Update
 from .tasks import TaskHost
@@ -282,20 +284,52 @@ class Conveyor(TaskHost):
     ) -> list[T]:  # fmt: skip
         limits.check_pull(queue, count, wait_ms)
         _check_worker(worker_id)
+        stop = current_stop()
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
-            jobs = await claim(queue, count, self.now_ms(), worker_id)
+            jobs = await self._claim_whole(claim, queue, count, worker_id)
             remaining = deadline - anyio.current_time()
-            if jobs or remaining <= 0 or self._pulls_released:
+            if jobs or remaining <= 0 or self._pulls_released or (stop is not None and stop.stopped):
                 if jobs:
                     self.metrics.inc("jobs_pulled_total", queue, amount=len(jobs))  # no event reports a claim
                 return jobs
             with anyio.CancelScope() as scope:
-                self._waiting_pulls.add(scope)
+                waits = (self._waiting_pulls,) if stop is None else (self._waiting_pulls, stop.waits)
+                for scopes in waits:
+                    scopes.add(scope)
                 try:
                     await self.storage.wait_for_jobs(queue, remaining)
                 finally:
-                    self._waiting_pulls.discard(scope)
+                    for scopes in waits:
+                        scopes.discard(scope)
+            if stop is not None and stop.stopped:
+                return []  # its client has left: claim nothing more for it
+
+    async def _claim_whole(
+        self, claim: Callable[[str, int, int, str | None], Awaitable[list[T]]],
+        queue: str, count: int, worker_id: str | None,
+    ) -> list[T]:  # fmt: skip
+        """Claim with no cancellation in the middle: a pull cancelled while its claim commits
+        gives the claimed jobs back (waiting again, the attempt not counted) before it ends,
+        instead of leaving them active for a caller that is gone until the stall timeout."""
+        with anyio.CancelScope(shield=True):
+            jobs = await claim(queue, count, self.now_ms(), worker_id)
+        if jobs:
+            try:
+                await anyio.lowlevel.checkpoint_if_cancelled()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await self._give_back(jobs, worker_id)
+                raise
+        return jobs
+
+    async def _give_back(self, jobs: Sequence[object], worker_id: str | None) -> None:
+        """Release ``jobs`` (`Job`s, or the JSON texts `pull_json` claims)."""
+        ids = [job.id if isinstance(job, Job) else UUID(json.loads(str(job))["id"]) for job in jobs]
+        try:
+            await self.storage.modify_jobs(ids, lifecycle.decide_release(self.now_ms(), worker_id))
+        except Exception:  # noqa: BLE001 - the stall sweep gives them back later
+            log.exception("a cancelled pull could not give back %d claimed jobs", len(ids))
 
     def stop_waiting(self) -> None:
         """End every long-poll ``pull`` now (each makes one last claim and returns) and make

@@ -30,6 +30,7 @@ from conveyor.errors import (
     UnauthorizedError,
     ValidationError,
 )
+from conveyor.pulls import PullStop
 
 log = logging.getLogger("conveyor.tcp")
 READ_CHUNK = 65536
@@ -282,22 +283,22 @@ class TcpServer:
 
     async def _long_poll(self, request: dict[str, Any], session: _Session, lines: _Lines) -> dict[str, Any]:
         """A pull that may wait, run while the connection is watched. Bytes that arrive
-        meanwhile are kept for the next lines; the end of the stream (the client closed, or
-        will send nothing more) ends the wait with nothing pulled, so the pull cannot claim a
-        job for a client that is gone (that job would wait out the stall timeout and lose an
-        attempt)."""
-        reply: dict[str, Any] | None = None
+        meanwhile are kept for the next lines. The end of the stream (the client closed, or
+        will send nothing more) ends the wait: no job is claimed after it for a client that
+        may be gone (it would wait out the stall timeout and lose an attempt), while a claim
+        already under way completes and is answered (a `PullStop`, not a cancellation)."""
+        stop = PullStop()
         async with anyio.create_task_group() as tg:
 
-            async def run() -> None:
-                nonlocal reply
-                reply = await self._request(request, session)
-                tg.cancel_scope.cancel()
+            async def watch() -> None:
+                await lines.watch_for_end()
+                stop.stop()
 
-            tg.start_soon(run)
-            await lines.watch_for_end()
-            tg.cancel_scope.cancel()  # the client is gone: stop waiting
-        return reply if reply is not None else commands.pull_reply(request.get("count"), [])
+            tg.start_soon(watch)
+            with stop.applied():
+                reply = await self._request(request, session)
+            tg.cancel_scope.cancel()
+        return reply
 
     async def _request(self, request: dict[str, Any] | ConveyorError, session: _Session) -> dict[str, Any]:
         if isinstance(request, ConveyorError):

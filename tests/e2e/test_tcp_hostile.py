@@ -282,3 +282,19 @@ def test_a_long_poll_whose_client_left_claims_nothing(tcp_server: Served) -> Non
     assert ok(other.call({"cmd": "pull", "queue": queue}))["job"]["id"] == job_id  # still there to pull
     other.close()
     half.close()
+
+
+def test_a_long_poll_sent_then_half_closed_gets_the_waiting_job(tcp_server: Served) -> None:
+    """As ``printf '{"cmd":"pull",...}' | nc`` does: the end of the stream ends the wait, not the
+    claim that the pull makes first, so a job already waiting is answered, as without
+    ``wait_ms``."""
+    queue = f"half-{time.time_ns()}"
+    other = Line(tcp_server)
+    job_id = ok(other.call({"cmd": "push", "queue": queue, "name": "j"}))["id"]
+    half = Line(tcp_server)
+    half.send({"cmd": "pull", "queue": queue, "wait_ms": 60_000})
+    half.sock.shutdown(socket.SHUT_WR)
+    assert ok(half.reply())["job"]["id"] == job_id
+    assert ok(other.call({"cmd": "stats", "queue": queue}))["counts"]["active"] == 1
+    half.close()
+    other.close()

@@ -9,6 +9,7 @@ import pytest
 
 from conveyor import Conveyor
 from conveyor.plugins.sql import postgres
+from conveyor.pulls import PullStop
 
 from ..conftest import FakeClock
 
@@ -63,3 +64,66 @@ async def test_retries_that_become_waiting_wake_pullers(app: Conveyor) -> None:
         await anyio.sleep(0.05)
         await app.fail(job_id, "transient")
     assert [j.id for j in got] == [job_id]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+async def test_a_pull_cancelled_while_its_claim_commits_gives_the_jobs_back(
+    app: Conveyor, as_json: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim runs to its end; the caller is gone, so its jobs wait again, the attempt not
+    counted, instead of sitting active until the stall timeout."""
+    job_id = await app.push("q", "j", max_attempts=1)
+    name = "claim_jobs_json" if as_json else "claim_jobs"
+    claim, committing, go_on = getattr(app.storage, name), anyio.Event(), anyio.Event()
+
+    async def slow_claim(*args: object) -> list:
+        claimed = await claim(*args)
+        committing.set()
+        await go_on.wait()  # as a claim waits for its group's fsync
+        return claimed
+
+    monkeypatch.setattr(app.storage, name, slow_claim)
+    pull = app.pull_json if as_json else app.pull
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pull, "q", 1)
+        await committing.wait()
+        assert (await app.get(job_id)).state == "active"
+        tg.cancel_scope.cancel()
+        go_on.set()
+    job = await app.get(job_id)
+    assert (job.state, job.attempt, job.worker_id) == ("waiting", 0, None)
+
+
+async def test_a_stopped_long_poll_ends_its_wait_and_claims_nothing_after(app: Conveyor) -> None:
+    """`PullStop`: what a protocol server uses when a waiting pull's client leaves."""
+    stop = PullStop()
+    got: list = []
+
+    async def worker() -> None:
+        with stop.applied():
+            got.append(await app.pull("q", 5, wait_ms=60_000))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker)
+        while not stop.waits:
+            await anyio.sleep(0.01)
+        stop.stop()
+    assert got == [[]]
+    job_id = await app.push("q", "later")
+    assert [j.id for j in await app.pull("q")] == [job_id]  # nobody claimed it meanwhile
+
+
+async def test_a_stopped_pull_still_answers_the_claim_under_way(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop only ends waiting: a client that half-closed after its pull gets the job its
+    first claim found."""
+    job_id = await app.push("q", "j")
+    stop = PullStop()
+    claim = app.storage.claim_jobs
+
+    async def claim_then_stop(*args: object) -> list:
+        stop.stop()  # the stream ends while the claim runs
+        return await claim(*args)
+
+    monkeypatch.setattr(app.storage, "claim_jobs", claim_then_stop)
+    with stop.applied():
+        assert [j.id for j in await app.pull("q", wait_ms=60_000)] == [job_id]
