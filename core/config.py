@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(
         2 * 1024 * 1024,
         ge=1024,
-        description="Largest HTTP request body or TCP request line; larger ones are refused unread.",
+        description="Largest HTTP request body or TCP request line; larger ones are refused, never parsed.",
     )
     tcp_idle_timeout_s: float = Field(
         300.0, gt=0, description="A TCP connection that sends no request for this long is closed."

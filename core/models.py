@@ -132,19 +132,21 @@ class JobSpec(_Input):
         """Validate a job body whose options may be flat (RustQueue clients) or nested."""
         if (bare := bare_body(value)) is not None:  # what validation would build, ~10x cheaper
             name, data, queue = bare
-            return trusted(cls, {"queue": queue, "name": name, "data": data, "options": _no_options()}, set(value))
+            given = set(value)
+            given.discard("options")
+            return trusted(cls, {"queue": queue, "name": name, "data": data, "options": _no_options()}, given)
         return parse(cls, gather_flat_options(value, where), where)
 
 
-_BARE_KEYS = frozenset({"queue", "name", "data"})
+_BARE_KEYS = frozenset({"queue", "name", "data", "options"})
 
 
 def bare_body(value: Any) -> tuple[str, Any, str | None] | None:
-    """``(name, data, queue)`` of a job body without options that validation would accept as
-    it is, the common shape on the wire; None for anything else (which `JobSpec.parse`
-    validates). Non-ASCII names are left to validation: it refuses lone surrogates. ``data``
-    is checked when it is serialized."""
-    if type(value) is dict and value.keys() <= _BARE_KEYS:
+    """``(name, data, queue)`` of a job body without options (absent or null) that validation
+    would accept as it is, the common shape on the wire; None for anything else (which
+    `JobSpec.parse` validates). Non-ASCII names are left to validation: it refuses lone
+    surrogates. ``data`` is checked when it is serialized."""
+    if type(value) is dict and value.keys() <= _BARE_KEYS and value.get("options") is None:
         name, queue = value.get("name"), value.get("queue")
         if type(name) is str and name.isascii() and name and (queue is None or type(queue) is str):
             return name, value.get("data"), queue
@@ -356,13 +358,16 @@ def normalize_event_name(name: str) -> str:
 
 def gather_flat_options(value: Any, where: str = "") -> Any:
     """Move option fields given beside ``name``/``data`` under ``options`` (RustQueue clients
-    send them flat); refuse an option given both ways."""
+    send them flat); refuse an option given both ways. ``"options": null`` is no options, as
+    RustQueue reads it (serde clients send null for an unset option)."""
     if not isinstance(value, dict):
         return value
     flat = {k: v for k, v in value.items() if k in OPTION_FIELDS}
-    if not flat:
-        return value
     nested = value.get("options")
+    if not flat:
+        if nested is None and "options" in value:
+            return {k: v for k, v in value.items() if k != "options"}
+        return value
     if nested is None:
         nested = {}
     if not isinstance(nested, dict):

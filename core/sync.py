@@ -8,12 +8,13 @@ sinks keep running on that thread between calls.
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Self
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import start_blocking_portal
 
 from .app import Conveyor
 
@@ -25,37 +26,61 @@ API = (
 )  # fmt: skip
 
 
+class _Running:
+    """What an open `Blocking` holds: the portal (its loop thread) and the entered target.
+    Kept apart from the `Blocking` so its finalizer can close it without keeping it alive."""
+
+    def __init__(self, target: Any) -> None:
+        self._portal_cm = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
+        self._thread: threading.Thread | None = None
+        self._target_cm = self.portal.wrap_async_context_manager(target)
+        try:
+            self.portal.call(self._note_thread)
+            self._target_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
+
+    async def _note_thread(self) -> None:
+        self._thread = threading.current_thread()
+
+    def close(self) -> None:
+        """Exit the target (storage drains as on ``async with``), then stop the loop thread."""
+        if threading.current_thread() is self._thread:
+            # collected on its own loop (a cycle): a portal cannot wait on itself
+            threading.Thread(target=self.close, name="conveyor-close").start()
+            return
+        try:
+            self._target_cm.__exit__(None, None, None)
+        finally:
+            self._portal_cm.__exit__(None, None, None)
+
+
 class Blocking:
     """Runs an async queue object (`Conveyor` or a `conveyor.client.Client`) on an event loop
     in a background thread; its API methods block until done. Subclasses forward methods
-    with `forward_api`."""
+    with `forward_api`.
+
+    One left open is closed when it is garbage-collected, or at interpreter exit (before
+    daemon threads stop, so its loop can still drain storage): otherwise the exiting
+    interpreter would wait forever on the loop thread."""
 
     def __init__(self, target: Any) -> None:
         self.app = target
-        self._portal_cm: AbstractContextManager[BlockingPortal] | None = None
-        self._app_cm: AbstractContextManager[Conveyor] | None = None
-        self._portal: BlockingPortal | None = None
+        self._running: _Running | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def open(self) -> Self:
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._app_cm = self._portal.wrap_async_context_manager(self.app)
-        try:
-            self._app_cm.__enter__()
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = self._app_cm = None
-            raise
+        if self._running is None:
+            self._running = running = _Running(self.app)
+            self._finalizer = weakref.finalize(self, running.close)
         return self
 
     def close(self) -> None:
-        if self._app_cm is None or self._portal_cm is None:
-            return
-        try:
-            self._app_cm.__exit__(None, None, None)
-        finally:
-            self._portal_cm.__exit__(None, None, None)
-            self._portal = self._portal_cm = self._app_cm = None
+        finalizer, self._running, self._finalizer = self._finalizer, None, None
+        if finalizer is not None:
+            finalizer()  # runs `_Running.close` once: collection and exit then do nothing
 
     def __enter__(self) -> Self:
         return self.open()
@@ -67,9 +92,9 @@ class Blocking:
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run any coroutine function on the app's loop and wait for it."""
-        if self._portal is None:
+        if self._running is None:
             raise RuntimeError(f"{type(self).__name__} is not open: use 'with {type(self).__name__}(...)' or open()")
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        return self._running.portal.call(functools.partial(fn, *args, **kwargs))
 
 
 def forward_api(cls: type[Blocking], target: type, names: tuple[str, ...] = API) -> None:

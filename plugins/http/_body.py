@@ -1,4 +1,4 @@
-"""Reading a JSON request body safely: media type, size limit before reading, strict JSON."""
+"""Reading a JSON request body safely: media type, size limit before parsing, strict JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from conveyor import wire
 from conveyor.errors import LimitExceededError, ValidationError
 
 DISCARD_LIMITS = 4
-DISCARD_S = 1.0
+DISCARD_MIN_BYTES = 64 * 1024 * 1024
+DISCARD_IDLE_S = 1.0
+DISCARD_S = 10.0
 
 
 class UnsupportedMediaTypeError(ValidationError):
@@ -25,9 +27,10 @@ class UnsupportedMediaTypeError(ValidationError):
 async def read_json(request: Request, limit: int) -> Any:
     """The parsed body, or None when the request has none.
 
-    A declared ``Content-Length`` over ``limit`` is refused before a byte of the body is read;
-    a chunked body is refused as soon as it passes ``limit``. NaN/Infinity, invalid UTF-8 and
-    nesting too deep to parse are refused as malformed JSON.
+    A declared ``Content-Length`` over ``limit`` is refused from the headers, a chunked body as
+    soon as it passes ``limit``; either way the rest is read and dropped (`_discard_rest`)
+    unless the client waits for ``100 Continue``. NaN/Infinity, invalid UTF-8 and nesting too
+    deep to parse are refused as malformed JSON.
     """
     headers = request.headers
     declared = headers.get("content-length")
@@ -35,6 +38,8 @@ async def read_json(request: Request, limit: int) -> Any:
         if not declared.isdigit():
             raise ValidationError("Content-Length must be a number of bytes", field="body")
         if int(declared) > limit:
+            if int(declared) <= _discard_bound(limit) and "100-continue" not in headers.get("expect", "").lower():
+                await _discard_rest(request.stream(), limit)
             raise _too_large(int(declared), limit)
         if int(declared) == 0:
             return None
@@ -70,18 +75,26 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 async def _discard_rest(stream: AsyncIterator[bytes], limit: int) -> None:
-    """Read and drop what the client is still sending (up to ``DISCARD_LIMITS`` x ``limit``
-    bytes or `DISCARD_S`): closing on unread input would reset the connection, and the client
-    would see the reset instead of the 413."""
-    dropped = 0
-    with anyio.move_on_after(DISCARD_S):
+    """Read and drop what the client is still sending: closing on unread input resets the
+    connection, and a client still writing its body (httpx does) would see the reset instead
+    of the 413. Bounded: `_discard_bound` bytes, `DISCARD_S` in all, and `DISCARD_IDLE_S`
+    without a byte; past a bound the connection closes on what is left."""
+    dropped, bound = 0, _discard_bound(limit)
+    give_up = anyio.current_time() + DISCARD_S
+    with anyio.CancelScope(deadline=min(anyio.current_time() + DISCARD_IDLE_S, give_up)) as scope:
         try:
             async for chunk in stream:
                 dropped += len(chunk)
-                if dropped > DISCARD_LIMITS * limit:
+                if dropped > bound:
                     return
+                scope.deadline = min(anyio.current_time() + DISCARD_IDLE_S, give_up)
         except ClientDisconnect:
             return  # gone: nothing left to protect the answer from
+
+
+def _discard_bound(limit: int) -> int:
+    """The most of an oversize body read only to be dropped."""
+    return max(DISCARD_LIMITS * limit, DISCARD_MIN_BYTES)
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> LimitExceededError:

@@ -36,7 +36,7 @@ def conveyor_error_response(exc: ConveyorError) -> JSONResponse:
     if isinstance(exc, UnauthorizedError):
         headers = {"WWW-Authenticate": "Bearer"}
     elif isinstance(exc, LimitExceededError) and exc.field == "body":
-        headers = {"Connection": "close"}  # the rest of the body is never read
+        headers = {"Connection": "close"}  # the rest of the body may be left unread
     return error_response(exc.code, exc.message, exc.http_status, exc.details, headers)
 
 

@@ -68,6 +68,13 @@ def test_flat_options_count_and_cancel(http: httpx.Client, queue: str) -> None:
     assert ok(http.get(f"/queues/{queue}/jobs", params={"count": 5}))["jobs"] == []
 
 
+def test_null_options_are_no_options(http: httpx.Client, queue: str) -> None:
+    one = ok(http.post(f"/queues/{queue}/jobs", json={"name": "one", "priority": 2, "options": None}), 201)["id"]
+    ids = ok(http.post(f"/queues/{queue}/jobs", json=[{"name": "b", "options": None}]), 201)["ids"]
+    assert ok(http.get(f"/jobs/{one}"))["job"]["priority"] == 2
+    assert ok(http.get(f"/jobs/{ids[0]}"))["job"]["state"] == "waiting"
+
+
 def test_batch_push_and_ack_batch(http: httpx.Client, queue: str) -> None:
     ids = ok(http.post(f"/queues/{queue}/jobs", json=[{"name": f"j{i}", "data": i} for i in range(5)]), 201)["ids"]
     assert len(ids) == 5

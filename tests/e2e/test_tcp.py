@@ -160,6 +160,22 @@ def test_pipelining_a_thousand_requests_before_reading(conn: Line, queue: str) -
     assert ok(conn.reply())["counts"]["active"] == 1000
 
 
+def test_null_options_are_no_options_as_rustqueue_reads_them(conn: Line, queue: str) -> None:
+    """serde clients send ``"options": null`` for an unset option: no options, flat ones still apply."""
+    ids = [
+        ok(conn.call({"cmd": "push", "queue": queue, "name": "bare", "options": None}))["id"],
+        ok(conn.call({"cmd": "push", "queue": queue, "name": "flat", "priority": 4, "options": None}))["id"],
+        ok(conn.call({"cmd": "push", "queue": queue, "name": "naïve", "data": [1], "options": None}))["id"],
+    ]
+    ids += ok(conn.call({"cmd": "push_batch", "queue": queue, "jobs": [
+        {"name": "b1", "options": None}, {"name": "b2", "max_attempts": 7, "options": None}]}))["ids"]  # fmt: skip
+    jobs = [ok(conn.call({"cmd": "get", "id": job_id}))["job"] for job_id in ids]
+    assert [(j["name"], j["priority"], j["max_attempts"]) for j in jobs] == [
+        ("bare", 0, 3), ("flat", 4, 3), ("naïve", 0, 3), ("b1", 0, 3), ("b2", 0, 7)]  # fmt: skip
+    refused = err(conn.call({"cmd": "push", "queue": queue, "name": "x", "options": 5}), "VALIDATION_ERROR")
+    assert refused["details"]["field"] == "options"
+
+
 def test_ack_batch_partial_failures(conn: Line, queue: str) -> None:
     ids = ok(conn.call({"cmd": "push_batch", "queue": queue, "jobs": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}))[
         "ids"

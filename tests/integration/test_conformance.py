@@ -62,6 +62,19 @@ async def test_nested_and_flat_options_are_equivalent(app: Conveyor) -> None:
     assert nested.to_wire()["metadata"] == META
 
 
+async def test_null_options_are_no_options(app: Conveyor) -> None:
+    """As RustQueue reads a push: ``"options": null`` (serde's unset option) nests nothing."""
+    one = await app.push_job("q", {"name": "a", "options": None})
+    two = await app.push_job("q", {"name": "b", "priority": 3, "options": None})
+    three, four = await app.push_batch(
+        "q", [{"name": "c", "options": None}, {"name": "é", "lifo": True, "options": None}]
+    )
+    flow = await app.submit_flow({"steps": [{"key": "k", "queue": "q", "name": "f", "options": None}]})
+    jobs = [await app.get(job_id) for job_id in (one, two, three, four, flow.ids["k"])]
+    assert [(j.name, j.priority, j.lifo) for j in jobs if j] == [
+        ("a", 0, False), ("b", 3, False), ("c", 0, False), ("é", 0, True), ("f", 0, False)]  # fmt: skip
+
+
 async def test_get_unknown_job_is_none(app: Conveyor) -> None:
     assert await app.get(uuid4()) is None
 

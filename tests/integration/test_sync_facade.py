@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 
 from conveyor import InvalidStateError, JobState, SyncConveyor
@@ -35,3 +41,34 @@ def test_sync_facade_needs_opening() -> None:
     with pytest.raises(RuntimeError, match="not open"):
         app.push("q", "a")
     app.close()  # closing an unopened facade is harmless
+
+
+def test_a_facade_left_open_is_closed_at_exit_and_its_job_kept(tmp_path: Path) -> None:
+    db = tmp_path / "open.db"
+    script = (
+        "import sys\nfrom conveyor import SyncConveyor\n"
+        "app = SyncConveyor(sys.argv[1], plugin_autoload=False).open()\n"
+        "print(app.push('q', 'left-open'))\n"
+    )
+    # the timeout only guards against the hang this test is about
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{db}"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert not Path(f"{db}-wal").exists()  # storage was closed, not abandoned
+    with SyncConveyor(f"sqlite:///{db}", plugin_autoload=False, maintenance=False) as app:
+        job = app.get(done.stdout.strip())
+        assert job is not None and job.name == "left-open" and job.state is JobState.WAITING
+
+
+def test_a_facade_left_open_and_collected_stops_its_thread() -> None:
+    before = set(threading.enumerate())
+    app = SyncConveyor("sqlite:///:memory:", plugin_autoload=False).open()
+    app.push("q", "a")
+    started = set(threading.enumerate()) - before
+    assert started
+    del app
+    gc.collect()
+    for thread in started:
+        thread.join(60)  # a hang guard: the thread ends as soon as the facade is closed
+        assert not thread.is_alive()
