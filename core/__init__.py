@@ -22,6 +22,7 @@ from .errors import (
     RateLimitedError,
     ScheduleNotFoundError,
     StorageError,
+    StorageUnavailableError,
     UnauthorizedError,
     UnknownCommandError,
     ValidationError,
@@ -60,7 +61,7 @@ __all__ = [
     "EventSink", "FailOutcome", "FlowSpec", "FlowStatus", "FlowStep", "FlowSubmitted", "FlowSummary", "FollowUp", "InvalidStateError", "Job", "JobNotFoundError", "JobOptions",
     "JobSpec", "JobState", "LimitExceededError", "LogEntry", "ParseError", "PluginError", "ProtocolServer",
     "QueueCounts", "QueueInfo", "QueuePausedError", "RateLimitedError", "Schedule", "ScheduleNotFoundError", "ScheduleSpec",
-    "Settings", "Storage", "StorageError", "SyncConveyor", "UnauthorizedError",
+    "Settings", "Storage", "StorageError", "StorageUnavailableError", "SyncConveyor", "UnauthorizedError",
     "UnknownCommandError", "ValidationError", "WebhookNotFoundError", "Worker", "WorkerRegistry",
     "error_for_code", "hookimpl",
 ]  # fmt: skip

@@ -27,13 +27,23 @@ def connect(url: str, *, token: str | None = None, timeout_s: float = 30.0, **op
     for a server."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("http", "https"):
+        _port(url)
         return Client(HttpTransport(url, token=token, timeout_s=timeout_s), url)
     if scheme == "tcp":
-        parts = urlsplit(url)
-        if not parts.hostname:
+        port = _port(url)
+        host = urlsplit(url).hostname
+        if not host:
             raise ValidationError(f"url {url!r} names no host: use tcp://host:6789", field="url")
-        return Client(TcpTransport(parts.hostname, parts.port or 6789, token=token, timeout_s=timeout_s), url)
+        return Client(TcpTransport(host, port or 6789, token=token, timeout_s=timeout_s), url)
     return Conveyor(url, **options)
+
+
+def _port(url: str) -> int | None:
+    """The port a server URL names, if any; a malformed one is the caller's input error."""
+    try:
+        return urlsplit(url).port
+    except ValueError as exc:  # "Port out of range 0-65535", "Port could not be cast to integer value"
+        raise ValidationError(f"url {url!r}: {exc}", field="url") from None
 
 
 class SyncClient(Blocking):
