@@ -228,6 +228,13 @@ def check_job_id(value: Any, field: str = "id") -> UUID:
     raise ValidationError(f"{field} must be a job UUID, got {str(value)[:64]!r}", field=field)
 
 
+def check_webhook_id(value: Any) -> UUID:
+    try:
+        return check_job_id(value)
+    except ValidationError:
+        raise ValidationError(f"id must be a webhook UUID, got {str(value)[:64]!r}", field="id") from None
+
+
 def check_optional_text(field: str, value: Any, limit: int) -> str | None:
     if value is None:
         return None

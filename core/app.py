@@ -3,7 +3,6 @@ and is the async embedded API every protocol front end calls."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -287,7 +286,7 @@ class Conveyor(TaskHost):
         stop = current_stop()
         deadline = anyio.current_time() + wait_ms / 1000
         while True:
-            jobs = await self._claim_whole(claim, queue, count, worker_id)
+            jobs = await claim(queue, count, self.now_ms(), worker_id)
             remaining = deadline - anyio.current_time()
             if jobs or remaining <= 0 or self._pulls_released or (stop is not None and stop.stopped):
                 if jobs:
@@ -304,32 +303,6 @@ class Conveyor(TaskHost):
                         scopes.discard(scope)
             if stop is not None and stop.stopped:
                 return []  # its client has left: claim nothing more for it
-
-    async def _claim_whole(
-        self, claim: Callable[[str, int, int, str | None], Awaitable[list[T]]],
-        queue: str, count: int, worker_id: str | None,
-    ) -> list[T]:  # fmt: skip
-        """Claim with no cancellation in the middle: a pull cancelled while its claim commits
-        gives the claimed jobs back (waiting again, the attempt not counted) before it ends,
-        instead of leaving them active for a caller that is gone until the stall timeout."""
-        with anyio.CancelScope(shield=True):
-            jobs = await claim(queue, count, self.now_ms(), worker_id)
-        if jobs:
-            try:
-                await anyio.lowlevel.checkpoint_if_cancelled()
-            except anyio.get_cancelled_exc_class():
-                with anyio.CancelScope(shield=True):
-                    await self._give_back(jobs, worker_id)
-                raise
-        return jobs
-
-    async def _give_back(self, jobs: Sequence[object], worker_id: str | None) -> None:
-        """Release ``jobs`` (`Job`s, or the JSON texts `pull_json` claims)."""
-        ids = [job.id if isinstance(job, Job) else UUID(json.loads(str(job))["id"]) for job in jobs]
-        try:
-            await self.storage.modify_jobs(ids, lifecycle.decide_release(self.now_ms(), worker_id))
-        except Exception:  # noqa: BLE001 - the stall sweep gives them back later
-            log.exception("a cancelled pull could not give back %d claimed jobs", len(ids))
 
     def stop_waiting(self) -> None:
         """End every long-poll ``pull`` now (each makes one last claim and returns) and make
@@ -516,14 +489,14 @@ class Conveyor(TaskHost):
         return await self.storage.list_webhooks()
 
     async def get_webhook(self, webhook_id: UUID | str) -> Webhook:
-        webhook_id = _webhook_id(webhook_id)
+        webhook_id = limits.check_webhook_id(webhook_id)
         for webhook in await self.storage.list_webhooks():
             if webhook.id == webhook_id:
                 return webhook
         raise WebhookNotFoundError(f"webhook {webhook_id} not found", details={"id": str(webhook_id)})
 
     async def remove_webhook(self, webhook_id: UUID | str) -> None:
-        webhook_id = _webhook_id(webhook_id)
+        webhook_id = limits.check_webhook_id(webhook_id)
         if not await self.storage.delete_webhook(webhook_id):
             raise WebhookNotFoundError(f"webhook {webhook_id} not found", details={"id": str(webhook_id)})
         self.webhooks_version += 1
@@ -661,13 +634,6 @@ def _schedule_name(name: Any) -> str:
 
 def _no_schedule(name: str) -> ScheduleNotFoundError:
     return ScheduleNotFoundError(f"schedule {str(name)[:256]!r} not found", details={"name": str(name)[:256]})
-
-
-def _webhook_id(value: Any) -> UUID:
-    try:
-        return limits.check_job_id(value)
-    except ValidationError:
-        raise ValidationError(f"id must be a webhook UUID, got {str(value)[:64]!r}", field="id") from None
 
 
 def _check_worker(worker_id: Any) -> None:

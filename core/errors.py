@@ -117,6 +117,11 @@ class StorageError(ConveyorError):
     """A backend failure, translated at the storage boundary."""
 
 
+class StorageUnavailableError(StorageError):
+    """The storage's database server could not be reached when opening (refused, timed out, no
+    such host): the command line reports it as unreachable, not as a refusal."""
+
+
 class PluginError(ConveyorError):
     """A plugin could not be loaded or broke its hook contract."""
 
@@ -146,10 +151,13 @@ def error_for_code(
     """Rebuild the exception a server raised from its wire envelope. A code this kernel does
     not know (``NOT_FOUND`` for a route, or a newer server's) keeps its code and status."""
     cls = _BY_CODE.get(code) or _other_code(code, http_status)
+    if not isinstance(details, dict):
+        details = None  # a server's malformed envelope must not break the error it reports
     if cls is ValidationError and (http_status == 413 or "limit" in (details or {})):
         cls = LimitExceededError  # size-limit errors carry their limit (TCP has no status to tell)
     if issubclass(cls, ValidationError):
-        return cls(message, field=(details or {}).get("field"), details=details)
+        field = (details or {}).get("field")
+        return cls(message, field=field if isinstance(field, str) else None, details=details)
     return cls(message, details=details)
 
 

@@ -215,7 +215,9 @@ class Storage(abc.ABC):
         """Move up to ``count`` waiting jobs of an unpaused queue to active, highest priority
         first, then oldest (LIFO jobs ahead of FIFO ones of equal priority). Returns them in that
         order with ``state``, ``started_at``, ``last_heartbeat`` and ``worker_id`` set. A job is
-        claimed by exactly one caller, whatever the number of processes or nodes."""
+        claimed by exactly one caller, whatever the number of processes or nodes. A caller
+        cancelled after the claim is made but before it returns must not strand the jobs: give
+        them back (waiting, the attempt not counted), as the SQL backends do."""
 
     async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
         """`claim_jobs`, each job returned as its JSON text (what `wire.encode` writes for it):

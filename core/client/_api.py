@@ -47,6 +47,23 @@ class Transport(Protocol):
         ...
 
 
+SETTLE_S = 5.0
+"""How long a cancelled ``pull`` still waits for its reply, to give back the jobs in it."""
+
+
+async def give_back(transport: Transport, reply: dict[str, Any], worker_id: Any) -> None:
+    """Release the jobs in a ``pull`` reply whose caller was cancelled: they wait again at
+    once (the attempt not counted) instead of sitting active until the stall timeout. Best
+    effort: a job that cannot be released is reclaimed by that timeout."""
+    jobs = reply.get("jobs") or ([reply["job"]] if reply.get("job") else [])
+    holder = {"worker_id": worker_id} if worker_id is not None else {}
+    for job in jobs:
+        try:
+            await transport.call("release", {"id": job["id"], **holder})
+        except Exception:  # noqa: BLE001, S112 - best effort (see above)
+            continue
+
+
 def _jsonable(value: Any, field: str) -> Any:
     """``value`` as the JSON the server will parse; what cannot be JSON is refused here, by
     name, as the embedded API refuses it."""

@@ -6,15 +6,18 @@ import json
 from typing import Any
 from urllib.parse import quote
 
+import anyio
 import httpx
 
+from .. import _limits as limits
 from ..errors import ClientConnectionError, ValidationError, error_for_code
+from ._api import give_back
 
 
 def _path(value: Any, field: str) -> str:
-    """A path segment; an empty one cannot be sent, so it is refused here as the server
-    would refuse it. Slashes are escaped (the server's routes decode them back), and so is a
-    segment of dots, which URL normalization would otherwise resolve away."""
+    """A free-text path segment (a flow id); an empty one cannot be sent, so it is refused
+    here as the server would refuse it. Slashes are escaped (the flow route takes them), and
+    so is a segment of dots, which URL normalization would otherwise resolve away."""
     if value is None or value == "":
         raise ValidationError(f"{field} must be a non-empty string", field=field)
     text = str(value)
@@ -34,7 +37,7 @@ def _body(value: Any) -> bytes:
 def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] | None]:
     """(method, path, JSON body or None, query) for a command; ``p`` loses what goes in the path."""
     if cmd in ("push", "push_batch", "pull", "stats", "queue_pause", "queue_resume", "dlq"):
-        queue = _path(p.pop("queue", None), "queue")
+        queue = limits.check_queue_name(p.pop("queue", None))
         if cmd == "push":
             return "POST", f"/queues/{queue}/jobs", p, None
         if cmd == "push_batch":
@@ -45,7 +48,7 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
             return "GET", f"/queues/{queue}/stats", None, None
         return "POST", f"/queues/{queue}/{cmd.removeprefix('queue_')}", None, None
     if cmd in ("ack", "fail", "cancel", "progress", "heartbeat", "release", "get"):
-        job = _path(p.pop("id", None), "id")
+        job = limits.check_job_id(p.pop("id", None))
         if cmd == "get":
             return "GET", f"/jobs/{job}", None, None
         return "POST", f"/jobs/{job}/{cmd}", p or None, None
@@ -62,14 +65,14 @@ def _route(cmd: str, p: dict[str, Any]) -> tuple[str, str, Any, dict[str, Any] |
     if cmd == "webhook_list":
         return "GET", "/webhooks", None, None
     if cmd in ("webhook_get", "webhook_delete"):
-        hook = _path(p.pop("id", None), "id")
+        hook = limits.check_webhook_id(p.pop("id", None))
         return ("GET" if cmd == "webhook_get" else "DELETE"), f"/webhooks/{hook}", None, None
     if cmd == "schedule_create":
         return "POST", "/schedules", p, None
     if cmd == "schedule_list":
         return "GET", "/schedules", None, None
     if cmd in ("schedule_get", "schedule_delete", "schedule_pause", "schedule_resume"):
-        name, action = _path(p.pop("name", None), "name"), cmd.removeprefix("schedule_")
+        name, action = limits.check_queue_name(p.pop("name", None), "name"), cmd.removeprefix("schedule_")
         if action in ("pause", "resume"):
             return "POST", f"/schedules/{name}/{action}", None, None
         return ("GET" if action == "get" else "DELETE"), f"/schedules/{name}", None, None
@@ -105,13 +108,35 @@ class HttpTransport:
         if self._client is None:
             raise ClientConnectionError("client is not open: use 'async with conveyor.connect(...)'")
         method, path, body, query = _route(cmd, dict(params))
+        request = self._client.build_request(
+            method, path, params=query, timeout=self.timeout_s + wait_s,
+            content=None if body is None else _body(body), headers=None if body is None else _JSON,
+        )  # fmt: skip
+        if cmd == "pull" and not wait_s:
+            return await self._pull(request, params)
+        return await self._send(request)
+
+    async def _pull(self, request: httpx.Request, params: dict[str, Any]) -> dict[str, Any]:
+        """A pull is not cut short by its caller's cancellation, which could land after the
+        server claimed the jobs: it takes its reply (within the client's timeout), then gives
+        them back. (A long-poll's client disconnects instead: the server gives them back.)"""
+        cancelled = anyio.get_cancelled_exc_class()
+        with anyio.CancelScope(shield=True):
+            reply = await self._send(request)
         try:
-            response = await self._client.request(
-                method, path, params=query, timeout=self.timeout_s + wait_s,
-                content=None if body is None else _body(body), headers=None if body is None else _JSON,
-            )  # fmt: skip
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except cancelled:
+            with anyio.CancelScope(shield=True):
+                await give_back(self, reply, params.get("worker_id"))
+            raise
+        return reply
+
+    async def _send(self, request: httpx.Request) -> dict[str, Any]:
+        assert self._client is not None
+        try:
+            response = await self._client.send(request)
         except httpx.HTTPError as exc:
-            raise ClientConnectionError(f"{method} {self.base_url}{path} failed: {exc!r}") from None
+            raise ClientConnectionError(f"{request.method} {request.url} failed: {exc!r}") from None
         try:
             reply = response.json()
         except ValueError:

@@ -7,6 +7,10 @@ woke) plus open/close/exclusive; everything else is shared.
 from __future__ import annotations
 
 import abc
+import asyncio
+import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from uuid import UUID
@@ -14,6 +18,7 @@ from uuid import UUID
 import anyio
 from sqlalchemy import Connection
 
+from conveyor import lifecycle
 from conveyor.models import Job
 from conveyor.schedules import Schedule
 from conveyor.storage import Decide, Firing, Modified, QueueRow, ResolveParents, Storage, Transition
@@ -22,8 +27,10 @@ from conveyor.webhooks import Webhook
 from . import claims, registry
 from . import primitives as p
 from . import schedules as sched
+from .grouping import GroupQueue
 
 T = TypeVar("T")
+log = logging.getLogger("conveyor.storage")
 
 Primitive = Callable[..., tuple[T, set[str]]]
 
@@ -67,16 +74,23 @@ def _plain(fn: Callable[..., T]) -> Callable[..., tuple[T, set[str]]]:
 
 
 class SqlStorage(Storage, abc.ABC):
+    _groups: GroupQueue
+    """The backend's group commit (`grouping`), which every call goes through."""
+
     def __init__(self, url: str) -> None:
         self.url = url
         self.wakeups = Wakeups()
 
     @abc.abstractmethod
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
+    async def _run(
+        self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True,
+        orphaned: Callable[[Any], None] | None = None,
+    ) -> T:  # fmt: skip
         """Run ``fn(conn, *args)`` in one transaction; wake the queues it returns after commit.
         ``read_only`` promises ``fn`` writes nothing (SQLite then takes no write lock).
         ``flush=False`` lets the commit return before it reaches the disk when nothing else in
-        its group needs that (see `grouping.Op.flush`)."""
+        its group needs that (see `grouping.Op.flush`). ``orphaned`` gets ``fn``'s return value
+        if ``fn`` ran but its caller gave up before hearing it (`grouping.Op.orphaned`)."""
 
     async def insert_jobs(
         self,
@@ -93,12 +107,36 @@ class SqlStorage(Storage, abc.ABC):
         # A claim lost to a power failure leaves its jobs waiting: they are delivered again, as
         # after a worker's crash (delivery is at least once). Nothing else is lost: the next
         # flushed commit (a push, an ack) makes every earlier one durable, in order.
-        return await self._run(_plain(claims.claim_jobs), queue, count, now_ms, worker_id, flush=False)
+        return await self._run(
+            _plain(claims.claim_jobs), queue, count, now_ms, worker_id, flush=False, orphaned=self._give_back
+        )
 
     async def claim_jobs_json(self, queue: str, count: int, now_ms: int, worker_id: str | None) -> list[str]:
         if type(self).claim_jobs is not SqlStorage.claim_jobs:  # a subclass claims its own way: use it
             return await super().claim_jobs_json(queue, count, now_ms, worker_id)
-        return await self._run(_plain(claims.claim_jobs_json), queue, count, now_ms, worker_id, flush=False)
+        return await self._run(
+            _plain(claims.claim_jobs_json), queue, count, now_ms, worker_id, flush=False, orphaned=self._give_back
+        )
+
+    def _give_back(self, ran: tuple[list[Job] | list[str], set[str]]) -> None:
+        """A claim whose caller gave up while its group committed (a long-poll whose client
+        left, a cancelled call): its jobs wait again, the attempt not counted, instead of
+        sitting active for nobody until the stall timeout. Queued behind the claim's group."""
+        ids = [job.id if isinstance(job, Job) else UUID(json.loads(job)["id"]) for job in ran[0]]
+        if not ids:
+            return
+        released = self._groups.submit(
+            p.modify_jobs, (ids, lifecycle.decide_release(round(time.time() * 1000))), read_only=False, flush=False
+        )
+        released.add_done_callback(self._given_back)
+
+    def _given_back(self, released: asyncio.Future[Any]) -> None:
+        if released.cancelled():
+            return
+        if (error := released.exception()) is not None:
+            log.error("could not give back the jobs of a claim whose caller left: %r", error)
+            return
+        self.wakeups.wake(released.result()[1])
 
     async def modify_jobs(self, ids: Sequence[UUID], decide: Decide | Transition) -> list[Modified]:
         if isinstance(decide, Transition):

@@ -40,6 +40,9 @@ class Op:
     flush: bool = True
     """False for a change whose loss in a power failure breaks no promise (a claim: its job
     is delivered again, as when a worker dies): it need not wait for the disk."""
+    orphaned: Callable[[Any], None] | None = None
+    """Called with the result of a call that ran but whose caller gave up before hearing it
+    (cancelled while the group committed): a claim gives its jobs back."""
 
 
 def needs_flush(group: list[Op]) -> bool:
@@ -67,15 +70,26 @@ class GroupQueue:
         self._pending: list[Op] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
-    async def call(self, fn: Callable[..., Any], args: tuple[Any, ...], read_only: bool, flush: bool = True) -> Any:
+    async def call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], read_only: bool, flush: bool = True,
+        orphaned: Callable[[Any], None] | None = None,
+    ) -> Any:  # fmt: skip
+        return await self.submit(fn, args, read_only, flush, orphaned)
+
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], read_only: bool, flush: bool = True,
+        orphaned: Callable[[Any], None] | None = None,
+    ) -> asyncio.Future[Any]:  # fmt: skip
+        """Queue a call; its future holds the outcome (`call` awaits it; a call queued from
+        a callback need not)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(Op(fn, args, future, read_only, flush))
+        self._pending.append(Op(fn, args, future, read_only, flush, orphaned))
         if len(self._flushers) < self.max_flushers:
             # A task's first step runs after every callback that is ready now: the calls that
             # arrive together are in the queue by then and share one transaction.
             self._flushers.add(loop.create_task(self._flush()))
-        return await future
+        return future
 
     async def drain(self) -> None:
         """Wait until every queued call has run (nothing is dropped)."""
@@ -123,7 +137,11 @@ def _unless_lost(durable: asyncio.Future[None], outcomes: list[Outcome]) -> list
 
 def _answer(group: list[Op], outcomes: list[Outcome]) -> None:
     for op, outcome in zip(group, outcomes, strict=True):
-        if outcome is None or op.future.done():
+        if outcome is None:
+            continue
+        if op.future.done():
+            if op.future.cancelled() and outcome[0] and op.orphaned is not None:
+                op.orphaned(outcome[1])
             continue
         ok, value = outcome
         if ok:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from conveyor.errors import ConveyorError, StorageError, ValidationError
+from conveyor.errors import ConveyorError, StorageError, StorageUnavailableError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .event_log import EVENTS_KEY, PostgresEventLog
@@ -90,8 +90,10 @@ class PostgresStorage(SqlStorage):
             connect_args=connect_args,
             pool_pre_ping=False,
         )
+        connected = False
         try:
             async with self._engine.begin() as conn:
+                connected = True
                 # Nodes starting together must not race to create the same tables.
                 await conn.execute(select(func.pg_advisory_xact_lock(_lock_key("schema", self.schema))))
                 if self.schema:
@@ -100,7 +102,8 @@ class PostgresStorage(SqlStorage):
         except SQLAlchemyError as exc:
             await self._engine.dispose()
             self._engine = None
-            raise StorageError(f"cannot open {self._safe_url()}: {getattr(exc, 'orig', exc)}") from None
+            error = StorageError if connected else StorageUnavailableError
+            raise error(f"cannot open {self._safe_url()}: {getattr(exc, 'orig', exc)}") from None
         ready = asyncio.Event()
         self._listener = asyncio.create_task(self._listen(ready), name="conveyor-pg-listen")
         with suppress(asyncio.TimeoutError):
@@ -121,10 +124,13 @@ class PostgresStorage(SqlStorage):
     def _safe_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
+    async def _run(
+        self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True,
+        orphaned: Callable[[Any], None] | None = None,
+    ) -> T:  # fmt: skip
         if self._engine is None:
             raise StorageError(f"storage {self._safe_url()} is closed")
-        result, woken = await self._groups.call(fn, args, read_only, flush)
+        result, woken = await self._groups.call(fn, args, read_only, flush, orphaned)
         if woken:
             self.wakeups.wake(woken)  # this node's pullers need not wait for the round trip
         return result

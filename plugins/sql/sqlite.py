@@ -30,17 +30,17 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from conveyor.errors import ConveyorError, StorageError
+from conveyor.errors import ConveyorError, StorageError, ValidationError
 
 from .base import Primitive, SqlStorage
 from .grouping import Committed, GroupQueue, Op, needs_flush, run_group
@@ -68,14 +68,32 @@ def _translate(exc: BaseException) -> BaseException:
     return exc
 
 
+def _database_path(url: str) -> str:
+    """The file a ``sqlite:`` URL names; ``sqlite://`` (no path) is an in-memory database. A
+    host part is refused rather than ignored: ``sqlite://jobs.db`` reads ``jobs.db`` as a host
+    and names no file, and silently running in memory would lose every job."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        raise ValidationError(
+            f"storage URL {url!r} cannot be parsed ({exc}): use sqlite:///path/to/file.db", field="storage"
+        ) from None
+    if parsed.host or parsed.port or parsed.username or parsed.password:
+        raise ValidationError(
+            f"storage URL {url!r} has a host part, which SQLite has no use for: a file takes three slashes "
+            "(sqlite:///jobs.db), an absolute path four (sqlite:////var/lib/jobs.db)",
+            field="storage",
+        )
+    return parsed.database or ":memory:"
+
+
 class SqliteStorage(SqlStorage):
     def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
         super().__init__(url)
         if synchronous not in ("FULL", "NORMAL"):
             raise StorageError(f"sqlite synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.synchronous = synchronous
-        database = make_url(url).database
-        self.path = database or ":memory:"
+        self.path = _database_path(url)
         self.memory = self.path == ":memory:"
         self._groups = GroupQueue(self._commit_group, max_group=MAX_GROUP)
         self._conn: Connection | None = None
@@ -149,10 +167,13 @@ class SqliteStorage(SqlStorage):
 
     # -- execution ---------------------------------------------------------------------------
 
-    async def _run(self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True) -> T:
+    async def _run(
+        self, fn: Primitive[T], *args: Any, read_only: bool = False, flush: bool = True,
+        orphaned: Callable[[Any], None] | None = None,
+    ) -> T:  # fmt: skip
         if self._conn is None or self._closing:
             raise StorageError(f"storage {self.url} is closed")
-        result, woken = await self._groups.call(fn, args, read_only, flush)
+        result, woken = await self._groups.call(fn, args, read_only, flush, orphaned)
         if woken:
             self.wakeups.wake(woken)
         return result

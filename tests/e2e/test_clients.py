@@ -7,6 +7,8 @@ import contextlib
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,19 @@ def test_the_blocking_client(server: Any) -> None:
         q.remove_webhook(hook.id)
 
 
+def test_a_blocking_client_left_open_lets_the_program_exit(server: Any) -> None:
+    script = (
+        "import sys, conveyor\n"
+        "q = conveyor.connect_sync(sys.argv[1], token='k').open()\n"
+        "print(q.stats('sync-left-open').waiting)\n"
+    )
+    # the timeout only guards against the hang this test is about
+    done = subprocess.run(
+        [sys.executable, "-c", script, server.addresses["tcp"]], capture_output=True, text=True, timeout=120
+    )
+    assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -312,3 +327,112 @@ async def test_long_poll_connections_are_reused_not_opened_per_call(server: Any)
         for _ in range(5):
             assert await q.pull("reuse", wait_ms=10) == []
         assert sockets() == opened  # each long-poll took the spare connection the last one left
+
+
+async def test_an_error_reply_with_malformed_details_is_still_the_error_it_names() -> None:
+    """A server (RustQueue-compatible, or broken) whose error ``details`` is not an object: the
+    call raises the ConveyorError its code names; the client and the caller's block live on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def answer() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b'{"ok":false,"error":{"code":"VALIDATION_ERROR","message":"bad","details":"x"}}\n')
+                conn.recv(65536)
+                conn.sendall(b'{"ok":true,"queues":[]}\n')
+                conn.recv(65536)  # until the client closes
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        async with conveyor.connect(f"tcp://127.0.0.1:{listener.getsockname()[1]}", timeout_s=10) as q:
+            with pytest.raises(ValidationError, match="bad") as refused:
+                await q.push("q", "j")
+            assert not refused.value.details and refused.value.field is None
+            assert await q.queues() == []
+        thread.join(10)
+
+
+async def test_tcp_clients_open_and_close_in_any_order_and_task(server: Any) -> None:
+    """No task group is held between calls: clients need not be closed in the reverse order
+    they were opened, nor in the task that opened them."""
+    first, second = (conveyor.connect(server.addresses["tcp"], token="k") for _ in range(2))
+    await first.open()
+    await second.open()
+    assert isinstance(await first.push("order", "a"), type(await second.push("order", "b")))
+    await first.close()  # the one opened first closes first
+    assert (await second.stats("order")).waiting >= 2
+    await second.close()
+    third = conveyor.connect(server.addresses["tcp"], token="k")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(third.open)  # opened in another task, used and closed in this one
+    await third.push("order", "c")
+    await third.close()
+
+
+async def test_a_tcp_connection_the_server_closed_while_idle_is_replaced_before_the_next_call(
+    tmp_path: Path,
+) -> None:
+    """The server closes idle connections; the next call finds that out before writing, and
+    goes out on a new connection instead of failing as "may have run"."""
+    served = serve(f"sqlite:///{tmp_path / 'idle.db'}", env={"CONVEYOR_TCP_IDLE_TIMEOUT_S": "0.3"})
+    try:
+        async with conveyor.connect(served.addresses["tcp"]) as q:
+            for _ in range(3):
+                await q.push("idle", "j")
+                await anyio.sleep(1)  # past the idle timeout: the server closes the connection
+            assert (await q.stats("idle")).waiting == 3
+    finally:
+        assert served.stop() == 0, served.output
+
+
+def _wal_helper(served: Any) -> int:
+    """The pid of the server's SQLite WAL sync helper (its only child process)."""
+    pid = served.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+@pytest.mark.parametrize(("transport", "wait_ms"), [("tcp", 0), ("tcp", 60_000), ("http", 0), ("http", 60_000)])
+async def test_a_pull_cancelled_while_the_server_claims_gives_the_job_back(
+    tmp_path: Path, transport: str, wait_ms: int
+) -> None:
+    """The WAL helper is stopped, so the server's claim waits for an earlier push's fsync while
+    the caller gives up. The job it claimed must not sit active for nobody: the client takes
+    the reply anyway and releases it (TCP, HTTP), or the server gives it back when the client
+    disconnects (an HTTP long-poll)."""
+    import signal
+
+    served = serve(f"sqlite:///{tmp_path / 'cancel.db'}")
+    try:
+        async with conveyor.connect(served.addresses[transport]) as q, conveyor.connect(served.addresses["tcp"]) as o:
+            job_id = await q.push("c", "j", max_attempts=1)
+            helper = _wal_helper(served)
+            os.kill(helper, signal.SIGSTOP)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(o.push, "other", "held")  # committed, waiting for its fsync
+                    await anyio.sleep(0.3)
+                    pulled: list[Any] = []
+
+                    async def resume_helper() -> None:
+                        await anyio.sleep(1.5)  # after the pull below is given up
+                        os.kill(helper, signal.SIGCONT)
+
+                    tg.start_soon(resume_helper)
+                    with anyio.move_on_after(0.8) as gave_up:
+                        pulled.extend(await q.pull("c", worker_id="w", wait_ms=wait_ms))
+                    assert gave_up.cancelled_caught and pulled == []
+            finally:
+                os.kill(helper, signal.SIGCONT)
+            for _ in range(50):  # an HTTP long-poll's give-back is the server's, after the disconnect
+                if (job := await o.get(job_id)) is not None and job.state == "waiting":
+                    break
+                await anyio.sleep(0.1)
+            assert job is not None and (job.state, job.attempt, job.worker_id) == ("waiting", 0, None)
+            assert [j.id for j in await o.pull("c")] == [job_id]
+    finally:
+        assert served.stop() == 0, served.output

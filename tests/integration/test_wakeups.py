@@ -4,6 +4,8 @@ the job can only have been woken by the notification)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -70,26 +72,28 @@ async def test_retries_that_become_waiting_wake_pullers(app: Conveyor) -> None:
 async def test_a_pull_cancelled_while_its_claim_commits_gives_the_jobs_back(
     app: Conveyor, as_json: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The claim runs to its end; the caller is gone, so its jobs wait again, the attempt not
-    counted, instead of sitting active until the stall timeout."""
+    """The claim's group has committed, and waits (as for its fsync) when the caller gives up:
+    its jobs wait again, the attempt not counted, instead of sitting active for nobody until
+    the stall timeout."""
     job_id = await app.push("q", "j", max_attempts=1)
-    name = "claim_jobs_json" if as_json else "claim_jobs"
-    claim, committing, go_on = getattr(app.storage, name), anyio.Event(), anyio.Event()
+    groups = app.storage._groups  # type: ignore[attr-defined]
+    commit, committed, go_on = groups._commit, anyio.Event(), anyio.Event()
 
-    async def slow_claim(*args: object) -> list:
-        claimed = await claim(*args)
-        committing.set()
-        await go_on.wait()  # as a claim waits for its group's fsync
-        return claimed
+    async def commit_then_wait(group: list) -> Any:
+        done = await commit(group)
+        if any(op.orphaned for op in group):  # the claim's group
+            committed.set()
+            await go_on.wait()
+        return done
 
-    monkeypatch.setattr(app.storage, name, slow_claim)
+    monkeypatch.setattr(groups, "_commit", commit_then_wait)
     pull = app.pull_json if as_json else app.pull
     async with anyio.create_task_group() as tg:
         tg.start_soon(pull, "q", 1)
-        await committing.wait()
-        assert (await app.get(job_id)).state == "active"
+        await committed.wait()
         tg.cancel_scope.cancel()
         go_on.set()
+    await groups.drain()  # the give-back is queued behind the claim's group
     job = await app.get(job_id)
     assert (job.state, job.attempt, job.worker_id) == ("waiting", 0, None)
 
