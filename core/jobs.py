@@ -82,9 +82,12 @@ class JobBuilder:
         metadata holds ``follow_ups`` (validated when the parent was pushed)."""
 
         def build(parent_id: UUID, meta: Any, flow_id: str | None, acked: dict[str, Any]) -> Any:
-            built = []
+            built: list[Any] = []
+            follow_ups = dag.follow_ups_of(meta)  # none unless metadata is an object with the key
+            if not follow_ups:
+                return built
             inherited = {k: v for k, v in meta.items() if k != "follow_ups"}
-            for i, follow in enumerate(dag.follow_ups_of(meta)):
+            for i, follow in enumerate(follow_ups):
                 spec = dag.follow_up_spec(follow, parent_id, flow_id, inherited, acked.get("result"))
                 job, text = self.build(limits.check_queue_name(follow.queue), spec, now_ms)
                 resolver = dag.parent_resolver([f"metadata.follow_ups[{i}]"], self.max_dag_depth)

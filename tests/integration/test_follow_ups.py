@@ -159,3 +159,16 @@ async def test_follow_ups_of_a_parent_removed_on_completion(app: Conveyor) -> No
     assert await app.get(parent) is None
     [child] = await app.pull("next")
     assert child.data == 5 and child.depends_on == [parent]
+
+
+@pytest.mark.parametrize("metadata", [["follow_ups"], "follow_ups", {"note": "no follow_ups here"}, 5])
+async def test_metadata_that_only_mentions_follow_ups_acks_like_any_other(app: Conveyor, metadata: Any) -> None:
+    """Metadata is any JSON value; text that merely contains ``"follow_ups"`` (a list, a
+    string) must not break the ack of its job, nor of the jobs acked with it."""
+    odd = await app.push("q", "odd", metadata=metadata)
+    plain = await app.push("q", "plain")
+    assert len(await app.pull("q", 2)) == 2
+    results = await app.ack_batch([{"id": odd}, {"id": plain}])
+    assert [r.ok for r in results] == [True, True]
+    assert {(await app.get(i)).state for i in (odd, plain)} == {"completed"}  # type: ignore[union-attr]
+    assert await app.pull("q") == []  # and nothing was spawned
