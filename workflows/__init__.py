@@ -1,6 +1,7 @@
-"""Workflow layer: the in-process workflow runtime and declarative workflow definitions.
+"""Workflow layer: the in-process workflow runtime, built on the kernel's public API only.
 
-Built on the kernel's public API only (see DESIGN.md §6).
+Declarative workflow files (DESIGN.md §6: steps with ``needs``, submitted as one flow) are not
+built yet; `Conveyor.submit_flow` takes the same steps as a dict meanwhile.
 """
 
 from .runtime import FunctionStep, Workflow, WorkflowStep, WorkflowStepError

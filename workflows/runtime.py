@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
+import anyio.to_thread
 
 from conveyor.errors import ConveyorError
 
@@ -35,7 +36,9 @@ class WorkflowStep(Protocol):
 
 
 class FunctionStep:
-    """A `WorkflowStep` from a plain function, sync or async: ``FunctionStep(resize)``."""
+    """A `WorkflowStep` from a plain function, sync or async: ``FunctionStep(resize)``. A sync
+    function runs in a worker thread, as sync task handlers do: it neither blocks the event
+    loop (heartbeats, other jobs) nor serializes the steps of a ``fan_out``."""
 
     def __init__(self, fn: Callable[[Any], Any], engine_id: str = "python", name: str | None = None) -> None:
         self.fn, self.engine_id = fn, engine_id
@@ -44,7 +47,7 @@ class FunctionStep:
     async def execute(self, input: Any) -> Any:
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(input)
-        result = self.fn(input)
+        result = await anyio.to_thread.run_sync(self.fn, input)
         return await result if inspect.isawaitable(result) else result
 
     def __repr__(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import anyio
@@ -67,3 +68,19 @@ async def test_a_failing_step_is_named_and_stops_the_workflow() -> None:
         Workflow().fan_out([])
     with pytest.raises(TypeError):
         Workflow().then(42)  # type: ignore[arg-type]
+
+
+async def test_sync_steps_of_a_fan_out_run_at_once_off_the_event_loop() -> None:
+    """Each waits for the other at a barrier: run one after another (or on the loop's thread),
+    the first would wait alone and the barrier would break."""
+    barrier = threading.Barrier(2, timeout=30)
+
+    def meet(n: int) -> int:
+        barrier.wait()
+        return n + 1
+
+    def meet_too(n: int) -> int:
+        barrier.wait()
+        return n + 2
+
+    assert await Workflow().fan_out([meet, meet_too]).run(1) == [2, 3]
