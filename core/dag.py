@@ -93,13 +93,28 @@ def dependency_order(needs: dict[str, list[str]], where: str = "steps") -> list[
             if waiting_on[child] == 0:
                 ready.append(child)
     if len(order) < len(needs):
-        stuck = sorted(key for key, n in waiting_on.items() if n > 0)
+        cycle = _a_cycle(needs, {key for key, n in waiting_on.items() if n > 0})
+        shown = " → ".join(repr(key) for key in [*cycle[:8], cycle[0]])
         raise ValidationError(
-            f"{where}: the steps form a cycle (through {', '.join(repr(k) for k in stuck[:5])})",
-            field=f"{where}.{stuck[0]}.needs",
-            details={"cycle": stuck},
+            f"{where}: the steps' needs form a cycle: {shown}{' (and more)' if len(cycle) > 8 else ''}",
+            field=f"{where}.{cycle[0]}.needs",
+            details={"cycle": cycle},
         )
     return order
+
+
+def _a_cycle(needs: dict[str, list[str]], stuck: set[str]) -> list[str]:
+    """One cycle among the ``stuck`` steps (those Kahn's algorithm could not order), each
+    step needing the next: not the steps that merely wait downstream of it. Every stuck step
+    needs a stuck step, so walking its needs must come back to a step already seen."""
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    key = min(stuck)
+    while key not in seen:
+        seen[key] = len(path)
+        path.append(key)
+        key = min(other for other in needs[key] if other in stuck)
+    return path[seen[key] :]
 
 
 def follow_ups_of(metadata: Any) -> list[FollowUp]:

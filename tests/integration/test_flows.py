@@ -52,6 +52,7 @@ async def test_flow_ids_are_generated_and_unknown_flows_are_empty(app: Conveyor)
 
 BAD_FLOWS: list[tuple[str, dict[str, Any], str]] = [
     ("cycle", {"steps": [{"key": "a", "queue": "q", "name": "a", "needs": ["b"]}, {"key": "b", "queue": "q", "name": "b", "needs": ["a"]}]}, "cycle"),
+    ("cycle, not what waits on it", {"steps": [{"key": "c", "queue": "q", "name": "c", "needs": ["a"]}, {"key": "a", "queue": "q", "name": "a", "needs": ["b"]}, {"key": "b", "queue": "q", "name": "b", "needs": ["a"]}]}, r"cycle: 'a' → 'b' → 'a'$"),
     ("self", {"steps": [{"key": "a", "queue": "q", "name": "a", "needs": ["a"]}]}, "needs itself"),
     ("unknown", {"steps": [{"key": "a", "queue": "q", "name": "a", "needs": ["ghost"]}]}, "unknown step 'ghost'"),
     ("duplicate", {"steps": [{"key": "a", "queue": "q", "name": "a"}, {"key": "a", "queue": "q", "name": "b"}]}, "used twice"),
