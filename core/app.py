@@ -458,14 +458,20 @@ class Conveyor(TaskHost):
         await self.storage.set_paused(limits.check_queue_name(queue), False, self.now_ms())
 
     async def flow(self, flow_id: str) -> FlowStatus:
-        """All jobs of a flow, oldest first, with counts by state (empty for an unknown flow)."""
+        """A flow's jobs, oldest first, and the counts by state of all of them (empty for an
+        unknown flow). Jobs past the first ``MAX_FLOW_JOBS`` (100,000) are counted, not listed:
+        a flow grows past that through pushes and follow-ups that carry its id."""
         field = "flow_id"
         if not isinstance(flow_id, str) or not flow_id:
             raise ValidationError("flow_id must be a non-empty string", field=field)
         limits.check_bytes(field, flow_id, limits.MAX_QUEUE_NAME_BYTES)
-        jobs = await self.storage.list_flow(flow_id, limits.MAX_FLOW_JOBS)
-        counts = Counter(job.state.value for job in jobs)
-        return FlowStatus(flow_id=flow_id, jobs=jobs, summary=FlowSummary(total=len(jobs), **counts))
+        listed = limits.MAX_FLOW_JOBS
+        jobs = await self.storage.list_flow(flow_id, listed)
+        if len(jobs) < listed:
+            counts: dict[str, int] = Counter(job.state.value for job in jobs)
+        else:
+            counts = await self.storage.flow_counts(flow_id)
+        return FlowStatus(flow_id=flow_id, jobs=jobs, summary=FlowSummary(total=sum(counts.values()), **counts))
 
     async def dlq(self, queue: str, limit: int = 100, offset: int = 0) -> list[Job]:
         """Dead-lettered jobs of ``queue``, most recent first."""

@@ -9,6 +9,7 @@ That is how two nodes on one PostgreSQL never both ack, fail or reclaim the same
 from __future__ import annotations
 
 import abc
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -247,6 +248,12 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def list_flow(self, flow_id: str, limit: int) -> list[Job]:
         """Jobs with this ``flow_id``, oldest first, at most ``limit``."""
+
+    async def flow_counts(self, flow_id: str) -> dict[str, int]:
+        """How many jobs with this ``flow_id`` are in each state (states with none may be left
+        out). Asked only of flows with more jobs than a status lists. This default counts
+        what `list_flow` returns without a limit; a backend may count with a query instead."""
+        return dict(Counter(job.state.value for job in await self.list_flow(flow_id, 2**62)))
 
     @abc.abstractmethod
     async def promote_delayed(self, now_ms: int) -> int:

@@ -154,6 +154,9 @@ class SqlStorage(Storage, abc.ABC):
     async def list_flow(self, flow_id: str, limit: int) -> list[Job]:
         return await self._run(_plain(p.list_flow), flow_id, limit, read_only=True)
 
+    async def flow_counts(self, flow_id: str) -> dict[str, int]:
+        return await self._run(_plain(p.flow_counts), flow_id, read_only=True)
+
     async def promote_delayed(self, now_ms: int) -> int:
         return await self._run(p.promote_delayed, now_ms)
 

@@ -460,6 +460,12 @@ def list_flow(conn: Connection, flow_id: str, limit: int) -> list[Job]:
     return [decode_job(row, d) for row in cur.fetchall()]
 
 
+def flow_counts(conn: Connection, flow_id: str) -> dict[str, int]:
+    cur, d = cursor_of(conn)
+    cur.execute(d.sql(f"SELECT state, COUNT(*) FROM {TABLE} WHERE flow_id = ? GROUP BY state"), (flow_id,))
+    return {state: count for state, count in cur.fetchall()}
+
+
 def promote_delayed(conn: Connection, now_ms: int) -> tuple[int, Woken]:
     stmt = (
         update(jobs)

@@ -92,3 +92,19 @@ async def test_a_flow_step_may_also_wait_for_an_existing_job(app: Conveyor) -> N
     [job] = await app.pull("q")
     await app.ack(job.id)
     assert (await app.get(submitted.ids["a"])).state is JobState.WAITING  # type: ignore[union-attr]
+
+
+async def test_a_flow_past_the_listing_limit_is_counted_whole(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushes and follow-ups carrying a flow's id can take it past ``MAX_FLOW_JOBS``: the
+    status lists that many, and its counts still cover every job."""
+    from conveyor import Storage, _limits
+
+    monkeypatch.setattr(_limits, "MAX_FLOW_JOBS", 3)
+    ids = [await app.push("q", f"j{i}", flow_id="big") for i in range(5)]
+    await app.pull("q")  # the oldest is active
+    status = await app.flow("big")
+    assert [job.id for job in status.jobs] == ids[:3]
+    assert (status.summary.total, status.summary.waiting, status.summary.active) == (5, 4, 1)
+    counted = {"waiting": 4, "active": 1}
+    assert await app.storage.flow_counts("big") == counted
+    assert await Storage.flow_counts(app.storage, "big") == counted  # the default a backend inherits
