@@ -12,16 +12,25 @@ engine the `WorkerRegistry` routes it to, N at a time, and reports back.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
-from .errors import ConveyorError
-from .models import Job
+from ._limits import MAX_ERROR_BYTES
+from .errors import ClientConnectionError, ConveyorError, StorageError, ValidationError
+from .models import AckResult, Job
 
 log = logging.getLogger("conveyor.worker")
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` for `fail`, cut to its limit, which counts bytes, not characters."""
+    data = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace")
+    return data[:MAX_ERROR_BYTES].decode("utf-8", "ignore")
 
 
 class WorkerRunner:
@@ -70,6 +79,8 @@ class WorkerRunner:
     async def run(self) -> None:
         """Until `stop`: pull and run. Returns once every job is finished or released."""
         self._slot_freed = anyio.Event()
+        threads = anyio.to_thread.current_default_thread_limiter()  # sync handlers run on these
+        threads.total_tokens = max(threads.total_tokens, self.concurrency)
         async with anyio.create_task_group() as background:
             background.start_soon(self._heartbeats)
             background.start_soon(self._acks.run)
@@ -99,6 +110,12 @@ class WorkerRunner:
                     await anyio.sleep(1)
                     continue
                 for job in pulled:
+                    if job.id in self.running:  # reclaimed from this very worker after a stall
+                        log.warning(
+                            "job %s was claimed again while it runs here: its heartbeats came too late for the "
+                            "server's stall timeout (lower --heartbeat-s); the run under way goes on", job.id,
+                        )  # fmt: skip
+                        continue
                     self.running[job.id] = job
                     jobs.start_soon(self._run_job, job)
             with anyio.move_on_after(self.grace_s if self.running else 0):
@@ -123,10 +140,10 @@ class WorkerRunner:
                 outcome = await self._execute(worker, job)
             except anyio.get_cancelled_exc_class():
                 with anyio.CancelScope(shield=True):
-                    await self._report(job, ("release", None))
+                    await self._report(job.id, ("release", None))
                 raise
             with anyio.CancelScope(shield=True):
-                await self._report(job, outcome)
+                await self._report(job.id, outcome)
         finally:
             self.running.pop(job.id, None)
             if self._slot_freed is not None:
@@ -134,35 +151,39 @@ class WorkerRunner:
 
     async def _execute(self, worker: Any, job: Job) -> tuple[str, Any]:
         try:
-            if job.timeout_ms:
-                with anyio.fail_after(job.timeout_ms / 1000):
-                    return ("ack", await worker.process(job))
-            return ("ack", await worker.process(job))
-        except TimeoutError:
+            if not job.timeout_ms:
+                return ("ack", await worker.process(job))
+            with anyio.move_on_after(job.timeout_ms / 1000):
+                return ("ack", await worker.process(job))
             return ("fail", f"TimeoutError: the job ran longer than its timeout_ms ({job.timeout_ms} ms)")
+        except anyio.get_cancelled_exc_class() as exc:
+            if anyio.current_effective_deadline() == -math.inf:
+                raise  # the runner is stopping: the job is released
+            # raised by the handler itself (a cancelled task of its own): a failure like any other
+            return ("fail", error_text(exc))
         except Exception as exc:  # noqa: BLE001 - the job's failure is reported, the worker goes on
-            return ("fail", f"{type(exc).__name__}: {exc}"[:10_000])
+            return ("fail", error_text(exc))
 
-    async def _report(self, job: Job, outcome: tuple[str, Any]) -> None:
+    async def _report(self, job_id: Any, outcome: tuple[str, Any]) -> None:
         kind, value = outcome
         try:
             if kind == "ack":
-                self._acks.add(job.id, value)
+                self._acks.add(job_id, value)
             elif kind == "fail":
-                await self.app.fail(job.id, value, worker_id=self.worker_id)
+                await self.app.fail(job_id, value, worker_id=self.worker_id)
                 self.failed += 1
             else:
-                await self.app.release(job.id, worker_id=self.worker_id)
+                await self.app.release(job_id, worker_id=self.worker_id)
                 self.released += 1
         except ConveyorError as exc:  # e.g. the job was reclaimed after a stall: not ours now
-            log.warning("job %s: could not %s: %s", job.id, kind, exc.message)
+            log.warning("job %s: could not %s: %s", job_id, kind, exc.message)
 
     async def _heartbeats(self) -> None:
         """One loop for every running job (not a task per job): each gets a heartbeat every
         ``heartbeat_s`` while it runs."""
         while True:
             await anyio.sleep(self.heartbeat_s)
-            for job_id in list(self.running):
+            for job_id in [*self.running, *self._acks.pending()]:
                 try:
                     await self.app.heartbeat(job_id, worker_id=self.worker_id)
                 except ConveyorError as exc:
@@ -178,9 +199,15 @@ class _AckBatcher:
     def __init__(self, runner: WorkerRunner) -> None:
         self.runner = runner
         self._waiting: list[tuple[Any, Any]] = []
+        self._sending: list[tuple[Any, Any]] = []
         self._arrived: anyio.Event | None = None
         self._finished: anyio.Event | None = None
         self._closing = False
+        self._give_up_at = math.inf
+
+    def pending(self) -> list[Any]:
+        """Ids of jobs whose ack is not through yet (heartbeated meanwhile)."""
+        return [job_id for job_id, _ in (*self._sending, *self._waiting)]
 
     def add(self, job_id: Any, result: Any) -> None:
         self._waiting.append((job_id, result))
@@ -202,29 +229,57 @@ class _AckBatcher:
                 self._arrived = anyio.Event()
                 await self._arrived.wait()
                 continue
-            batch, self._waiting = self._waiting[:1000], self._waiting[1000:]
+            self._sending, self._waiting = self._waiting[:1000], self._waiting[1000:]
             with anyio.CancelScope(shield=True):
-                await self._send(batch)
+                await self._send(self._sending)
+            self._sending = []
 
     async def close(self) -> None:
-        """Wait until every waiting ack is sent."""
+        """Wait until every waiting ack is sent (acks that keep failing, for up to the
+        runner's ``grace_s``)."""
         self._closing = True
+        self._give_up_at = anyio.current_time() + self.runner.grace_s
         if self._arrived is not None:
             self._arrived.set()
         if self._finished is not None:
             await self._finished.wait()
 
     async def _send(self, batch: list[tuple[Any, Any]]) -> None:
+        """Ack ``batch``; acks lost to a connection or storage failure are sent again (the jobs
+        heartbeated meanwhile) until they go through or the runner's ``grace_s`` after `close`
+        is spent. A result the queue refuses (not JSON, too large) fails its job, naming why."""
         runner = self.runner
-        try:
-            results = await runner.app.ack_batch([{"id": j, "result": r} for j, r in batch], worker_id=runner.worker_id)
-        except ConveyorError as exc:
-            log.warning(
-                "acking %d job(s) failed: %s (they are retried after the stall timeout)", len(batch), exc.message
-            )
-            return
+        items = [{"id": j, "result": r} for j, r in batch]
+        delay = 0.5
+        while True:
+            try:
+                results = await runner.app.ack_batch(items, worker_id=runner.worker_id)
+                break
+            except ValidationError:  # an item the client refused before sending: ack one by one
+                results = [await self._ack_one(job_id, result) for job_id, result in batch]
+                break
+            except (ClientConnectionError, StorageError) as exc:
+                if self._closing and anyio.current_time() >= self._give_up_at:
+                    log.error("acking %d job(s) failed: %s (given up at shutdown)", len(batch), exc.message)
+                    return
+                log.warning("acking %d job(s) failed: %s; trying again in %.1f s", len(batch), exc.message, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except ConveyorError as exc:
+                log.warning("acking %d job(s) failed: %s", len(batch), exc.message)
+                return
         for result in results:
             if result.ok:
                 runner.completed += 1
+            elif (result.error or {}).get("code") == ValidationError.code:
+                message = (result.error or {}).get("message")
+                await runner._report(result.id, ("fail", f"the result was refused: {message}"))
             else:
                 log.warning("job %s: could not ack: %s", result.id, (result.error or {}).get("message"))
+
+    async def _ack_one(self, job_id: Any, result: Any) -> AckResult:
+        try:
+            await self.runner.app.ack(job_id, result, worker_id=self.runner.worker_id)
+        except ConveyorError as exc:
+            return AckResult(id=str(job_id), ok=False, error={"code": exc.code, "message": exc.message})
+        return AckResult(id=str(job_id), ok=True)

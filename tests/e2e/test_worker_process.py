@@ -30,11 +30,14 @@ RUNS = pathlib.Path(os.environ["RUNS_DIR"])
 async def work(key: str, seconds: float = 0) -> str:
     runs = RUNS / key
     runs.mkdir(exist_ok=True)
-    attempt = len(list(runs.iterdir())) + 1
+    attempt = len([p for p in runs.iterdir() if p.name.isdigit()]) + 1
     (runs / str(attempt)).touch()
     if key.startswith("hang") and attempt == 1:
         await anyio.sleep(3600)  # the first run hangs: its worker is killed
     await anyio.sleep(seconds)
+    (runs / f"{attempt}-returned").touch()
+    if key.startswith("unstorable"):
+        return {"not JSON": object()}
     return f"{key} done on run {attempt}"
 """
 
@@ -87,7 +90,8 @@ def test_a_killed_worker_s_job_is_redelivered_and_completes_once(project: tuple[
         assert second.wait(60) == 0
     done = anyio.run(job, env["JOBS_URL"], job_id)
     assert done.result == "hang-1 done on run 2" and done.attempt == 1  # the stall counted one attempt
-    assert sorted(p.name for p in (cwd / "runs" / "hang-1").iterdir()) == ["1", "2"]  # ran twice, completed once
+    started = sorted(p.name for p in (cwd / "runs" / "hang-1").iterdir() if p.name.isdigit())
+    assert started == ["1", "2"]  # ran twice, completed once
 
 
 def test_sigterm_finishes_short_jobs_and_releases_long_ones(project: tuple[Path, dict[str, str]]) -> None:
@@ -120,3 +124,58 @@ def test_a_worker_over_tcp(project: tuple[Path, dict[str, str]]) -> None:
         assert anyio.run(job, tcp, ids[0]).result == "tcp-0 done on run 1"
     finally:
         assert served.stop() == 0, served.output
+
+
+def test_over_tcp_a_result_the_queue_refuses_fails_its_job_alone(project: tuple[Path, dict[str, str]]) -> None:
+    """The client refuses a batch whose item cannot be sent: the worker acks the others one by
+    one and fails that job, naming why (it used to leave the whole batch to stall)."""
+    cwd, env = project
+    served = serve(env["JOBS_URL"])
+    try:
+        tcp = served.addresses["tcp"]
+
+        async def push_all() -> tuple[Any, list[Any]]:
+            async with conveyor.connect(tcp) as q:
+                odd = await q.push("work", "work", {"key": "unstorable-1", "seconds": 0.5}, max_attempts=1)
+                return odd, [await q.push("work", "work", {"key": f"ok-{k}", "seconds": 0.5}) for k in range(5)]
+
+        odd, good = anyio.run(push_all)
+        worker = start_worker(cwd, "--url", tcp, "-c", "10", env=env)
+        try:
+            wait_for(lambda: anyio.run(job, tcp, odd).state is JobState.DLQ)
+            wait_for(lambda: all(anyio.run(job, tcp, i).state is JobState.COMPLETED for i in good))
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            assert worker.wait(60) == 0
+        refused = anyio.run(job, tcp, odd)
+        assert refused.last_error.startswith("the result was refused:") and "JSON" in refused.last_error
+        assert not (cwd / "runs" / "unstorable-1" / "2").exists()  # failed once, not run again after a stall
+    finally:
+        assert served.stop() == 0, served.output
+
+
+def test_an_ack_lost_to_a_server_restart_is_sent_again(project: tuple[Path, dict[str, str]]) -> None:
+    """The server is away when a job's ack is due and comes back on the same port: the worker
+    sends the ack again (the job heartbeated meanwhile) and the job completes, run once."""
+    cwd, env = project
+    env = {**env, "CONVEYOR_STALL_TIMEOUT_MS": "30000"}
+    served = serve(env["JOBS_URL"], env=env)
+    port = served.addresses["tcp"].rsplit(":", 1)[1]
+    tcp = served.addresses["tcp"]
+    job_id = anyio.run(lambda: defer(tcp, key="survivor", seconds=3))
+    worker = start_worker(cwd, "--url", tcp, "-c", "2", env=env)
+    again = None
+    try:
+        wait_for(lambda: (cwd / "runs" / "survivor" / "1").exists())
+        assert served.stop() == 0, served.output  # the job is still running in the worker
+        wait_for(lambda: (cwd / "runs" / "survivor" / "1-returned").exists())
+        time.sleep(1)  # its ack fails against no server, and waits to be sent again
+        again = serve(env["JOBS_URL"], "--tcp-port", port, env=env)
+        wait_for(lambda: anyio.run(job, tcp, job_id).state is JobState.COMPLETED)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0
+        if again is not None:
+            assert again.stop() == 0, again.output
+    done = anyio.run(job, env["JOBS_URL"], job_id)
+    assert done.result == "survivor done on run 1" and done.attempt == 0

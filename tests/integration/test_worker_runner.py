@@ -173,3 +173,73 @@ async def test_a_handler_writes_logs_through_its_context(app: Conveyor) -> None:
     await app.workers.dispatch_next_with_registered_worker(app, "logs")
     job = await app.get(job_id)
     assert job and job.result == "logs" and job.progress == 70 and [e.message for e in job.logs] == ["one", "two"]
+
+
+async def test_handlers_that_misbehave_fail_their_own_job_and_nothing_else(app: Conveyor) -> None:
+    """A handler that lets a CancelledError out, raises its own TimeoutError, fails with text
+    over the byte limit, or returns what cannot be stored: each job fails once, naming why,
+    and the jobs acked in the same batch complete."""
+    import asyncio
+
+    @app.task(queue="odd")
+    async def self_cancelled() -> None:
+        inner = asyncio.ensure_future(asyncio.sleep(10))
+        inner.cancel()
+        await inner  # raises CancelledError, though nobody cancelled this job
+
+    @app.task(queue="odd")
+    async def upstream_timeout() -> None:
+        raise TimeoutError("upstream API did not answer")
+
+    @app.task(queue="odd")
+    async def wordy() -> None:
+        raise ValueError("é" * 6_000)  # 12,000 bytes
+
+    @app.task(queue="odd")
+    async def unstorable() -> Any:
+        return {"when": object()}
+
+    @app.task(queue="odd")
+    async def fine(i: int) -> int:
+        return i
+
+    app.workers.route_queue_to_engine("odd", "python")
+    failing = [await t.configure(max_attempts=1).defer() for t in (self_cancelled, upstream_timeout, wordy, unstorable)]
+    good = [await fine.defer(i=i) for i in range(5)]
+    runner = WorkerRunner(app, ["odd"], concurrency=20, poll_ms=50)
+
+    async def settled() -> bool:
+        stats = await app.stats("odd")
+        return stats.completed == 5 and stats.dlq == 4
+
+    await run_until(runner, settled)
+    errors = [(await app.get(job_id)).last_error for job_id in failing]  # type: ignore[union-attr]
+    assert errors[0].startswith("CancelledError")
+    assert errors[1] == "TimeoutError: upstream API did not answer"
+    assert errors[2].startswith("ValueError: ééé") and len(errors[2].encode()) <= 10 * 1024
+    assert errors[3].startswith("the result was refused: ") and "not JSON-serializable" in errors[3]
+    assert {(await app.get(job_id)).state for job_id in good} == {JobState.COMPLETED}  # type: ignore[union-attr]
+
+
+async def test_sync_handlers_run_as_many_at_once_as_the_concurrency(app: Conveyor) -> None:
+    """Past anyio's 40 worker threads: 45 sync handlers wait for each other at a barrier."""
+    import threading
+
+    n = 45
+    barrier = threading.Barrier(n, timeout=30)
+
+    @app.task(queue="sync")
+    def meet(i: int) -> int:
+        barrier.wait()
+        return i
+
+    app.workers.route_queue_to_engine("sync", "python")
+    for i in range(n):
+        await meet.defer(i=i)
+    runner = WorkerRunner(app, ["sync"], concurrency=n, poll_ms=50)
+
+    async def finished() -> bool:
+        return (await app.stats("sync")).completed == n
+
+    await run_until(runner, finished)
+    assert runner.completed == n and runner.failed == 0
