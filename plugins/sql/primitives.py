@@ -413,7 +413,16 @@ def _write_updates(cur: Any, d: Dialect, pending: dict[UUID, dict[str, Any]]) ->
         columns = tuple(sorted(encoded))
         groups[columns].append((*(encoded[c] for c in columns), d.encode_id(job_id)))
     for columns, params in groups.items():
-        sql = d.sql(f"UPDATE {TABLE} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?")
+        sets = [f"{c} = ?" for c in columns]
+        if "started_at" in columns:
+            # a job put back unstarted (released) is again subject to its ttl_ms
+            at = columns.index("started_at")
+            sets.append(
+                "expires_at = CASE WHEN ttl_ms IS NULL OR CAST(? AS BIGINT) IS NOT NULL THEN expires_at "
+                "ELSE created_at + ttl_ms END"
+            )
+            params = [(*row[:-1], row[at], row[-1]) for row in params]
+        sql = d.sql(f"UPDATE {TABLE} SET {', '.join(sets)} WHERE id = ?")
         if len(params) == 1:
             cur.execute(sql, params[0])
         else:

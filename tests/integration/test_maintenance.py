@@ -70,6 +70,18 @@ async def test_ttl_expires_unstarted_jobs_into_the_dlq(app: Conveyor, clock: Fak
     assert (await app.get(forever)).state is JobState.WAITING  # type: ignore[union-attr]
 
 
+async def test_a_released_job_is_again_subject_to_its_ttl(app: Conveyor, clock: FakeClock) -> None:
+    """A release puts the job back unstarted: "not started within ttl_ms" applies again."""
+    released = await app.push("q", "a", ttl_ms=1_000)
+    kept = await app.push("q", "b", ttl_ms=1_000)
+    await app.pull("q", 2, worker_id="w")
+    await app.release(released, worker_id="w")
+    clock.advance(1_000)
+    assert (await app.run_maintenance()).expired == 1
+    assert (await app.get(released)).state is JobState.DLQ  # type: ignore[union-attr]
+    assert (await app.get(kept)).state is JobState.ACTIVE  # type: ignore[union-attr]
+
+
 async def test_a_sweep_run_twice_changes_nothing_more(app: Conveyor, clock: FakeClock) -> None:
     await app.push_batch("q", [{"name": "x"}] * 3)
     await app.push("q", "later", delay_ms=10)
