@@ -116,7 +116,9 @@ def encode_job(job: Job, dialect: Dialect, data_text: str | None = None) -> tupl
         None if data == "null" else data,
         None if j["result"] is None else dumps(j["result"]),
         j["state"]._value_, j["progress"], encode_logs(j["logs"]) if j["logs"] else None, j["priority"],
-        -created if j["lifo"] else created,
+        # order_key: LIFO keys are negative (ahead of FIFO ones) and newest first to the id's
+        # ms and counter bits, so jobs pushed in one millisecond still come out last-in first
+        -(j["id"].int >> 64) if j["lifo"] else created,
         None if delay_until is None else _ms(delay_until), created, updated,
         None if started_at is None else _ms(started_at), None if completed_at is None else _ms(completed_at),
         j["max_attempts"], j["attempt"], j["backoff"]._value_, j["backoff_delay_ms"], j["last_error"],

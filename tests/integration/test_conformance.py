@@ -113,6 +113,14 @@ async def test_lifo_jobs_jump_ahead_within_their_priority(app: Conveyor, clock: 
     assert [j.name for j in await app.pull("q", 10)] == ["urgent", "lifo2", "lifo1", "fifo1", "fifo2"]
 
 
+async def test_lifo_jobs_pushed_in_one_millisecond_come_out_newest_first(app: Conveyor) -> None:
+    """The fake clock stands still: every job has the same created_at."""
+    await app.push("q", "fifo")
+    await app.push_batch("q", [{"name": f"b{i}", "lifo": True} for i in range(5)])
+    await app.push("q", "single", lifo=True)
+    assert [j.name for j in await app.pull("q", 10)] == ["single", "b4", "b3", "b2", "b1", "b0", "fifo"]
+
+
 async def test_pulls_of_every_size_take_each_job_once_in_order(app: Conveyor, clock: FakeClock) -> None:
     """Claims of 1 to 17 jobs take the jobs in priority-then-age order, each exactly once, and
     leave the rest waiting; so do claims that find fewer jobs than asked for (SQLite pads
