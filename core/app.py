@@ -603,12 +603,12 @@ class Conveyor(TaskHost):
             if isinstance(done.change, (Skip, Reject)) or done.before is None:
                 continue
             changed += 1
-            state = done.change.values["state"] if isinstance(done.change, Update) else JobState.DLQ
-            if done.before.state is JobState.ACTIVE:
-                error = done.change.values.get("last_error") if isinstance(done.change, Update) else None
-                events.append(
-                    job_event("job.failed", done, now_ms, {"error": error, "will_retry": state is not JobState.DLQ})
-                )
+            change = done.change
+            state = change.values["state"] if isinstance(change, Update) else JobState.DLQ
+            if done.before.state is JobState.ACTIVE:  # a failed attempt: reported as `fail` reports one
+                error = change.values.get("last_error") if isinstance(change, Update) else change.error
+                data = {"error": error, "attempt": done.before.attempt + 1, "will_retry": state is not JobState.DLQ}
+                events.append(job_event("job.failed", done, now_ms, data))
             if state is JobState.DLQ:
                 events.append(job_event("job.dlq", done, now_ms))
             events.extend(cascade_events(done, now_ms))

@@ -143,7 +143,7 @@ def plan_failure(job: Job, error: str, now_ms: int, *, immediate: bool = False) 
             return FailurePlan(Update(values), True, JobState.DELAYED, due)
         return FailurePlan(Update({**common, "state": JobState.WAITING}), True, JobState.WAITING, now_ms)
     if job.remove_on_fail:
-        return FailurePlan(Delete(_dead(job.id, "went to the DLQ", now_ms)), False, JobState.DLQ, None)
+        return FailurePlan(Delete(_dead(job.id, "went to the DLQ", now_ms), error), False, JobState.DLQ, None)
     values = {**common, "state": JobState.DLQ, "completed_at": now}
     return FailurePlan(Update(values, _dead(job.id, "went to the DLQ", now_ms)), False, JobState.DLQ, None)
 

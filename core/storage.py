@@ -54,9 +54,11 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Remove the row (``remove_on_complete`` / ``remove_on_fail``)."""
+    """Remove the row (``remove_on_complete`` / ``remove_on_fail``). ``error``: the failure
+    that removed it, for its events (the row that would have kept it is gone)."""
 
     children: Children = NO_CHILDREN
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

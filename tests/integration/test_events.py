@@ -73,6 +73,24 @@ async def test_every_lifecycle_event_reaches_the_sink(storage_url: str, clock: F
     assert events[1].data == {"progress": 40, "message": "half"}
     assert events[4].data["error"] == "bad" and events[4].data["will_retry"] is False
     assert "stalled" in events[9].data["error"]
+    assert events[9].data["attempt"] == events[4].data["attempt"] == 1  # a sweep reports as `fail` does
+
+
+async def test_a_sweep_s_failure_of_a_job_removed_on_fail_still_names_its_error(
+    storage_url: str, clock: FakeClock
+) -> None:
+    sink = Recorder()
+    async with Conveyor(
+        storage_url, clock=clock, plugins=[SinkPlugin(sink)], maintenance=False, plugin_autoload=False
+    ) as app:
+        job_id = await app.push("q", "t", max_attempts=1, timeout_ms=1_000, remove_on_fail=True)
+        await app.pull("q")
+        clock.advance(1_001)
+        await app.run_maintenance()
+        assert await app.get(job_id) is None  # removed: its events are all that is left
+        events = await sink.wait_for(3)
+    assert [e.event for e in events] == ["job.pushed", "job.failed", "job.dlq"]
+    assert events[1].data == {"error": "timed out after 1000 ms", "attempt": 1, "will_retry": False}
 
 
 class Stuck:
