@@ -23,6 +23,7 @@ import anyio.to_thread
 from ._limits import MAX_ERROR_BYTES
 from .errors import ClientConnectionError, ConveyorError, StorageError, ValidationError
 from .models import AckResult, Job
+from .tasks import IN_THREADS
 
 log = logging.getLogger("conveyor.worker")
 
@@ -139,6 +140,9 @@ class WorkerRunner:
             try:
                 outcome = await self._execute(worker, job)
             except anyio.get_cancelled_exc_class():
+                if job.id in IN_THREADS:  # a sync handler runs on in its thread: released, it would run twice
+                    log.warning("job %s left active: its sync handler cannot be stopped", job.id)
+                    raise
                 with anyio.CancelScope(shield=True):
                     await self._report(job.id, ("release", None))
                 raise

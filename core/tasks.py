@@ -60,6 +60,11 @@ class JobContext:
         await self.app.heartbeat(self.job.id, worker_id=self.worker_id)
 
 
+IN_THREADS: set[UUID] = set()
+"""Jobs whose sync handler's thread is still running, cancelled or not: a worker must not
+release such a job (another worker would run it while this thread still does)."""
+
+
 class Task(Generic[P, R]):
     """A registered handler. Calling it runs the function directly; `defer` queues a job."""
 
@@ -93,8 +98,16 @@ class Task(Generic[P, R]):
             args += (job.data,)
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(*args, **kwargs)
+
+        def in_thread() -> Any:
+            try:
+                return self.fn(*args, **kwargs)
+            finally:
+                IN_THREADS.discard(job.id)
+
+        IN_THREADS.add(job.id)
         result = await anyio.to_thread.run_sync(
-            functools.partial(self.fn, *args, **kwargs), abandon_on_cancel=True
+            in_thread, abandon_on_cancel=True
         )  # a timed-out sync handler cannot be interrupted: its thread is left to finish
         return await result if inspect.isawaitable(result) else result
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pytest
 
 from conveyor import Conveyor, JobState
@@ -136,6 +137,33 @@ async def test_stopping_releases_what_outlives_the_grace(app: Conveyor) -> None:
                 await anyio.sleep(0.01)
         again.stop_now()
     assert (await app.get(stuck)).state is JobState.WAITING  # type: ignore[union-attr]
+
+
+async def test_a_sync_handler_still_running_at_the_end_of_the_grace_is_not_released(app: Conveyor) -> None:
+    """Its thread cannot be stopped: released, the job would run elsewhere while it still runs
+    here. It stays active (the stall sweep takes it back once this worker is gone)."""
+    import threading
+
+    started, finish = threading.Event(), threading.Event()
+
+    @app.task(queue="stuck")
+    def blocking() -> str:
+        started.set()
+        finish.wait(30)
+        return "late"
+
+    app.workers.route_queue_to_engine("stuck", "python")
+    job_id = await blocking.defer()
+    runner = WorkerRunner(app, ["stuck"], concurrency=1, poll_ms=50, grace_s=0.2)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await anyio.to_thread.run_sync(started.wait, 30)
+            runner.stop()
+        job = await app.get(job_id)
+        assert job and job.state is JobState.ACTIVE and runner.released == 0
+    finally:
+        finish.set()
 
 
 async def test_the_shell_engine_is_off_unless_enabled(tmp_path: Path) -> None:
