@@ -264,6 +264,8 @@ def decide_expired(now_ms: int) -> Decide:
         if dt_to_ms(job.created_at) + job.ttl_ms > now_ms:
             return Skip()
         error = f"expired: not started within ttl_ms={job.ttl_ms}"
+        if job.remove_on_fail:  # dead-lettered, so removed, as a final failure removes it
+            return Delete(_dead(job_id, "expired", now_ms), error)
         return Update(
             {"state": JobState.DLQ, "last_error": error, "completed_at": now, "updated_at": now},
             _dead(job_id, "expired", now_ms),

@@ -82,6 +82,13 @@ async def test_a_released_job_is_again_subject_to_its_ttl(app: Conveyor, clock: 
     assert (await app.get(kept)).state is JobState.ACTIVE  # type: ignore[union-attr]
 
 
+async def test_an_expired_job_removed_on_fail_is_removed(app: Conveyor, clock: FakeClock) -> None:
+    job_id = await app.push("q", "a", ttl_ms=1_000, remove_on_fail=True)
+    clock.advance(1_000)
+    assert (await app.run_maintenance()).expired == 1
+    assert await app.get(job_id) is None
+
+
 async def test_a_sweep_run_twice_changes_nothing_more(app: Conveyor, clock: FakeClock) -> None:
     await app.push_batch("q", [{"name": "x"}] * 3)
     await app.push("q", "later", delay_ms=10)
