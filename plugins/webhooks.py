@@ -9,7 +9,8 @@ Delivery never holds up the queue: `handle` only hands each matching (webhook, e
 the sink's own task group, which sends it with ``webhook_concurrency`` requests in flight, a
 ``webhook_timeout_s`` timeout per attempt and ``webhook_retries`` retries with exponential
 backoff after any non-2xx answer or network error. At most ``webhook_max_pending`` deliveries
-wait or retry at once; beyond that new ones are dropped, counted and logged. On shutdown,
+wait or retry at once; beyond that new ones are dropped, counted and logged. A webhook
+deleted while a delivery waits to retry gets no more attempts. On shutdown,
 pending deliveries get the host's drain time (5 s); what is still pending then is lost (it is
 not written to the database). Logs name a webhook by id and ``scheme://host`` only.
 """
@@ -142,10 +143,14 @@ class WebhookSink:
                 return
             for attempt in range(self.retries + 1):
                 if attempt:
-                    self.app.metrics.inc("webhook_deliveries_total", "retried")
                     await anyio.sleep(self.retry_base_s * 2 ** (attempt - 1))
+                    if not any(w.id == webhook.id for w in await self._registrations()):
+                        return  # deleted meanwhile: its receiver asked for nothing more
+                    self.app.metrics.inc("webhook_deliveries_total", "retried")
                 async with self._limiter:
-                    problem = await _post(client, webhook.url, body, sent_headers)
+                    problem = "timeout"
+                    with anyio.move_on_after(self.timeout_s):  # the whole attempt, not each read
+                        problem = await _post(client, webhook.url, body, sent_headers)
                 if problem is None:
                     self.app.metrics.inc("webhook_deliveries_total", "delivered")
                     return

@@ -35,6 +35,8 @@ class Receiver:
         self.default = default
         self.received: list[Received] = []
         self.held = 0
+        self.trickle_s = 0.0
+        """When set: answer 200 with a 20-byte body sent one byte per this many seconds."""
         self._lock = threading.Condition()
         self._open = threading.Event()
         self._open.set()
@@ -52,6 +54,17 @@ class Receiver:
                     receiver._lock.notify_all()
                 receiver._open.wait()
                 self.send_response(status)
+                if receiver.trickle_s:
+                    self.send_header("Content-Length", "20")
+                    self.end_headers()
+                    try:
+                        for _ in range(20):
+                            self.wfile.write(b".")
+                            self.wfile.flush()
+                            time.sleep(receiver.trickle_s)
+                    except OSError:
+                        pass  # the sender gave up
+                    return
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

@@ -141,6 +141,32 @@ async def test_a_receiver_that_never_answers_times_out_and_is_retried(file_url: 
             assert len(receiver.received) == 2  # both attempts reached it; neither got an answer in time
 
 
+async def test_a_receiver_trickling_its_answer_is_timed_out_on_the_whole_attempt(file_url: str) -> None:
+    """``webhook_timeout_s`` bounds the attempt, not each read: an answer sent a byte at a time
+    must not hold a delivery slot for as long as the receiver likes."""
+    with receiving() as receiver:
+        receiver.trickle_s = 0.1  # 20 bytes: 2 s in all, never 0.3 s without a byte
+        async with node(file_url, webhook_timeout_s=0.3, webhook_retries=0) as app:
+            await app.add_webhook({"url": receiver.url})
+            await app.push("mail", "send")
+            await receiver.wait(lambda r: len(r) >= 1)
+            await settled(app)
+            assert counter(app, "conveyor_webhook_deliveries_total", result="failed") == 1
+            assert counter(app, "conveyor_webhook_deliveries_total", result="delivered") == 0
+
+
+async def test_a_webhook_deleted_while_a_delivery_waits_to_retry_gets_no_more_attempts(file_url: str) -> None:
+    with receiving(default=500) as receiver:
+        async with node(file_url, webhook_retry_base_ms=300, webhook_retries=3) as app:
+            hook = await app.add_webhook({"url": receiver.url})
+            await app.push("mail", "send")
+            await receiver.wait(lambda r: len(r) >= 1)
+            await app.remove_webhook(hook.id)
+            await settled(app)
+            assert len(receiver.received) == 1
+            assert counter(app, "conveyor_webhook_deliveries_total", result="retried") == 0
+
+
 async def test_filters_by_event_and_queue_in_either_spelling(file_url: str) -> None:
     with receiving() as filtered, receiving() as everything:
         async with node(file_url) as app:
