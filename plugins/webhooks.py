@@ -148,7 +148,7 @@ class WebhookSink:
                         return  # deleted meanwhile: its receiver asked for nothing more
                     self.app.metrics.inc("webhook_deliveries_total", "retried")
                 async with self._limiter:
-                    problem = "timeout"
+                    problem: str | None = "timeout"
                     with anyio.move_on_after(self.timeout_s):  # the whole attempt, not each read
                         problem = await _post(client, webhook.url, body, sent_headers)
                 if problem is None:
