@@ -150,9 +150,28 @@ def next_run_ms(schedule: Schedule, after_ms: int, due_ms: int | None = None) ->
         raise ValidationError(
             f"cron_expr {schedule.cron_expr[:64]!r} never matches a date", field="cron_expr"
         ) from None
-    # fold=0: a wall time that occurs twice is the first one; one in a gap reads with the offset
-    # before the gap, which is the moment the gap ends
-    return dt_to_ms(following.replace(tzinfo=zone))
+    # fold=0: a wall time that occurs twice is the first one
+    at = following.replace(tzinfo=zone)
+    if at.astimezone(UTC).astimezone(zone).replace(tzinfo=None) == following:
+        return dt_to_ms(at)
+    return _gap_end(following, zone)
+
+
+def _gap_end(wall: datetime, zone: tzinfo) -> int:
+    """The instant a gap in ``zone``'s wall clock (the clocks go forward) ends, for a ``wall``
+    time inside it: the first instant whose wall time is ``wall`` or later. It lies between
+    ``wall`` read with the offset after the gap and with the offset before it."""
+    low = dt_to_ms(wall.replace(tzinfo=zone, fold=1))
+    high = dt_to_ms(wall.replace(tzinfo=zone, fold=0))
+    if low > high:
+        low, high = high, low
+    while high - low > 1_000:  # transitions fall on whole seconds
+        middle = (low + high) // 2
+        if ms_to_dt(middle).astimezone(zone).replace(tzinfo=None) >= wall:
+            high = middle
+        else:
+            low = middle
+    return high - high % 1_000
 
 
 _JOB_FIELDS = {"name": "job_name", "data": "job_data", "options": "job_options"}

@@ -125,7 +125,8 @@ async def test_every_ms_keeps_its_cadence_when_a_sweep_is_late(app: Conveyor, cl
     ("day", "fires_at_utc"),
     [
         ("2026-10-25", ["2026-10-25T00:30:00+00:00"]),  # clocks go back at 03:00: 02:30 occurs twice
-        ("2026-03-29", ["2026-03-29T01:30:00+00:00"]),  # clocks go forward at 02:00: 02:30 never occurs
+        ("2026-03-29", ["2026-03-29T01:00:00+00:00"]),  # clocks go forward at 02:00: 02:30 never occurs,
+        # and fires as the gap ends (03:00 CEST), not at 03:30
     ],
 )
 async def test_a_cron_time_fires_once_on_the_nights_the_clocks_change(
