@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     websocket_buffer: int = Field(
         1000, ge=1, description="Events queued for one WebSocket client; a client that falls further behind is dropped."
     )
+    websocket_origins: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Browser origins (``https://ops.example``) besides the server's own that may open the events "
+            "WebSocket; a page from any other origin is refused, so it cannot read events from a browser "
+            "on the operator's machine when auth is off."
+        ),
+    )
     metrics_refresh_s: float = Field(
         5.0, gt=0, description="How often the queue depth gauges are refreshed for a host-installed recorder."
     )

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from conveyor import Conveyor
 
 TOO_SLOW = 1013  # "try again later": the client could not keep up
-BAD_REQUEST = 1008  # policy violation: bad filters
+BAD_REQUEST = 1008  # policy violation: bad filters, or an origin not allowed
 
 _HUBS: weakref.WeakKeyDictionary[Conveyor, EventHub] = weakref.WeakKeyDictionary()
 
@@ -36,7 +37,7 @@ def hub_for(app: Conveyor) -> EventHub:
     sinks hook was not run, e.g. an API built over an app opened without the plugin)."""
     hub = _HUBS.get(app)
     if hub is None:
-        hub = _HUBS[app] = EventHub(app.settings.websocket_buffer)
+        hub = _HUBS[app] = EventHub(app.settings.websocket_buffer, app.settings.websocket_origins)
     return hub
 
 
@@ -55,8 +56,9 @@ class EventHub:
     name = "websocket"
     scope = "cluster"
 
-    def __init__(self, buffer: int) -> None:
+    def __init__(self, buffer: int, origins: Sequence[str] = ()) -> None:
         self.buffer = buffer
+        self.origins = frozenset(origin.rstrip("/").lower() for origin in origins)
         self.subscribers: set[_Subscriber] = set()
 
     @property
@@ -91,6 +93,9 @@ class EventHub:
         stops."""
         from starlette.websockets import WebSocketDisconnect
 
+        if not self._origin_allowed(websocket):
+            await websocket.close(BAD_REQUEST)  # before the handshake: the browser sees 403
+            return
         try:
             events, queues = _filters(websocket)
         except ConveyorError as exc:
@@ -125,6 +130,17 @@ class EventHub:
         finally:
             self.subscribers.discard(sub)
             send.close()
+
+    def _origin_allowed(self, websocket: WebSocket) -> bool:
+        """A browser names the page's origin; other clients send none. Only the server's own
+        origin (the dashboard) and ``websocket_origins`` may read the event stream: browsers let
+        any page open a WebSocket anywhere, with no token when auth is off."""
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            return True
+        origin = origin.rstrip("/").lower()
+        own = urlsplit(origin).netloc == (websocket.headers.get("host") or "").lower()
+        return own or origin in self.origins
 
 
 def _filters(websocket: WebSocket) -> tuple[frozenset[str], frozenset[str]]:

@@ -244,6 +244,27 @@ def test_auth_applies_to_websockets_and_metrics_stay_public(tmp_path: Path) -> N
         assert server.stop() == 0, server.output
 
 
+def test_pages_of_other_origins_cannot_open_the_event_stream(tmp_path: Path) -> None:
+    """With auth off (the default), any web page could otherwise read the events from a
+    browser on the operator's machine: a browser names the page's origin, and only the
+    server's own and ``websocket_origins`` are let in. Clients that send none are let in."""
+    from websockets.typing import Origin
+
+    server = serve(f"sqlite:///{tmp_path / 'origin.db'}", env={"CONVEYOR_WEBSOCKET_ORIGINS": '["https://ops.example"]'})
+    try:
+        url = server.url.replace("http://", "ws://") + "/api/v1/events"
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(url, origin=Origin("http://evil.example"), open_timeout=30):
+                pass
+        assert refused.value.response.status_code == 403
+        own = Origin(server.url.rstrip("/"))
+        for allowed in (own, Origin("https://ops.example"), None):
+            with connect(url, origin=allowed, open_timeout=30) as ws:
+                ws.ping().wait(30)
+    finally:
+        assert server.stop() == 0, server.output
+
+
 @pytest.mark.postgres
 def test_a_client_on_one_node_sees_a_job_completed_on_another(pg_schema: str) -> None:
     node_a, node_b = serve(pg_schema), serve(pg_schema)
