@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from conveyor import _limits as limits
 from conveyor.errors import ConveyorError, ValidationError
 from conveyor.models import Event, normalize_event_name
 
@@ -153,4 +154,7 @@ def _filters(websocket: WebSocket) -> tuple[frozenset[str], frozenset[str]]:
             events.add(normalize_event_name(name))
         except ValueError as exc:
             raise ValidationError(f"events: {exc}", field="events") from None
-    return frozenset(events), frozenset(split("queues"))
+    queues = split("queues")
+    for queue in queues:
+        limits.check_queue_name(queue, "queues")  # a name no queue can have would never match
+    return frozenset(events), frozenset(queues)

@@ -112,13 +112,18 @@ def test_filters_by_event_and_queue_in_either_spelling(http: httpx.Client, sqlit
     assert (second["event"], second["queue"], second["job_id"]) == ("job.dlq", mine, job_id)
 
 
-def test_bad_filters_get_an_error_frame_and_a_policy_close(sqlite_server: Served) -> None:
-    with events_socket(sqlite_server, events="job.exploded") as ws:
+@pytest.mark.parametrize(
+    ("bad", "named"), [({"events": "job.exploded"}, "job.exploded"), ({"queues": "not a queue"}, "queues")]
+)
+def test_bad_filters_get_an_error_frame_and_a_policy_close(
+    sqlite_server: Served, bad: dict[str, str], named: str
+) -> None:
+    with events_socket(sqlite_server, **bad) as ws:
         error = frame(ws)
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=30)
     assert error["ok"] is False and error["error"]["code"] == "VALIDATION_ERROR"
-    assert "job.exploded" in error["error"]["message"]
+    assert named in error["error"]["message"]
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
 
 

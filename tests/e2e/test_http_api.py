@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from .conftest import Served
 
@@ -185,6 +186,14 @@ def test_every_error_code_has_its_status_and_envelope(http: httpx.Client, queue:
     error(http.delete(f"/queues/{queue}/jobs"), 405, "METHOD_NOT_ALLOWED")
     ok(http.post(f"/queues/{queue}/pause"))
     error(http.post(f"/queues/{queue}/jobs", json={"name": "p"}), 503, "QUEUE_PAUSED")
+
+
+@pytest.mark.parametrize("raw", ["1_0", " 3", "3 ", "٣", "1e2", "0x10", ""])
+def test_integer_query_parameters_are_plain_decimal_digits(http: httpx.Client, queue: str, raw: str) -> None:
+    """What Python's ``int()`` also takes (underscores, spaces, other scripts' digits) is not
+    an integer on the wire: refused by name, as TCP refuses a non-integer count."""
+    err = error(http.get(f"/queues/{queue}/jobs", params={"count": raw}), 400, "VALIDATION_ERROR")
+    assert err["details"]["field"] == "count"
 
 
 def test_health_and_openapi_are_served(sqlite_server: Served) -> None:
