@@ -42,6 +42,8 @@ MERGE_EVENTS = 1_000
 """A batch-taking sink woken after a while takes up to about this many waiting events at once
 (a tenth of the default buffer: the rest stays free while it works)."""
 LOG_BATCH = 500
+APPEND_ATTEMPTS = 6
+"""Tries to append a batch to the shared event log over ~3 s (a killed connection, a restart)."""
 LOG_POLL_S = 1.0
 """Followers of the shared log re-read at least this often, in case a wake-up was missed."""
 
@@ -240,13 +242,25 @@ class EventDispatcher:
                 await self._append(shared, [event.to_wire() for event in batch])
 
     async def _append(self, shared: EventLog, batch: list[dict[str, Any]]) -> None:
-        try:
-            await shared.append(batch, int(time.time() * 1000))
-        except Exception:  # noqa: BLE001 - other nodes miss these; this node's sinks do not
-            self.dropped += len(batch)
-            if self.metrics is not None:
-                self.metrics.inc("events_dropped_total", "event-log", amount=len(batch))
-            log.exception("could not append %d events to the shared event log", len(batch))
+        """Append ``batch``, trying again (in order: later batches wait) when the log's storage
+        fails: "cluster" and "once" sinks read only the log, on this node too, so a batch not
+        appended is an event no such sink ever sees. A failure whose commit went through
+        after all appends the batch twice: sinks may see those events twice, never not at all."""
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                await shared.append(batch, int(time.time() * 1000))
+                return
+            except Exception as exc:  # noqa: BLE001 - tried again, then counted and logged
+                if attempt + 1 < APPEND_ATTEMPTS:
+                    log.warning(
+                        "could not append %d events to the shared event log (%r); trying again", len(batch), exc
+                    )
+                    await anyio.sleep(0.1 * 2**attempt)
+                    continue
+                self.dropped += len(batch)
+                if self.metrics is not None:
+                    self.metrics.inc("events_dropped_total", "event-log", amount=len(batch))
+                log.exception("could not append %d events to the shared event log: dropped", len(batch))
 
     async def _read_log(self, shared: EventLog, after: int) -> None:
         """Feed ``"cluster"`` sinks from the shared log: every node's events, each once.

@@ -83,6 +83,8 @@ class PostgresStorage(SqlStorage):
         connect_args: dict[str, Any] = {}
         if self.schema:
             connect_args["options"] = f"-csearch_path={self.schema}"
+        # operators (and tests) tell this storage's connections apart in pg_stat_activity
+        connect_args["application_name"] = f"conveyor {self.schema or ''}".rstrip()[:63]
         self._engine = create_async_engine(
             self._sa_url,
             pool_size=self._pool_size,
@@ -151,10 +153,27 @@ class PostgresStorage(SqlStorage):
         while True:
             try:
                 async with engine.begin() as conn:
-                    outcomes: list[Outcome] = await conn.run_sync(_run_group, group, isolated, self._channel_payload)
+                    try:
+                        outcomes: list[Outcome] = await conn.run_sync(
+                            _run_group, group, isolated, self._channel_payload
+                        )
+                    except (SQLAlchemyError, psycopg.Error) as exc:
+                        if not _disconnected(exc):
+                            raise
+                        await conn.invalidate()  # not back into the pool
+                        raise _Reconnect from exc
                 return outcomes
             except _Rerun:
                 isolated = True
+            except _Reconnect as exc:
+                # The connection died before COMMIT was sent (a killed backend, a restarted
+                # server, a pooled connection gone stale): nothing was committed, so the group
+                # runs again on a new one.
+                if attempt < RETRIES:
+                    attempt += 1
+                    continue
+                error = _translate(exc.__cause__ or exc)
+                return [None if op.future.done() else (False, error) for op in group]
             except ConveyorError as exc:  # the group's only live call refused its input
                 return [None if op.future.done() else (False, exc) for op in group]
             except (SQLAlchemyError, psycopg.Error) as exc:
@@ -218,6 +237,23 @@ class _Rerun(Exception):
     """A call failed in an optimistic group: roll back and run the group isolated."""
 
 
+class _Reconnect(Exception):
+    """The group's connection died before its COMMIT: run the group again on another."""
+
+
+DISCONNECTED = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
+"""Admin shutdown, crash shutdown, cannot connect now, and the connection exceptions."""
+
+
+def _disconnected(exc: BaseException) -> bool:
+    if getattr(exc, "connection_invalidated", False):
+        return True
+    orig = getattr(exc, "orig", exc)
+    if not isinstance(orig, psycopg.OperationalError):
+        return False
+    return orig.sqlstate in DISCONNECTED or (orig.sqlstate is None and "connection" in str(orig).lower())
+
+
 def _retryable(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None) in RETRYABLE
 
@@ -242,7 +278,14 @@ def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Calla
 
     if commits_lazily(group):
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # no wait for the WAL flush
-    outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_retryable)
+    outcomes = run_group(
+        group,
+        run,
+        savepoint,
+        _translate,
+        isolated=isolated,
+        must_raise=lambda exc: _retryable(exc) or _disconnected(exc),
+    )
     if outcomes is None:
         raise _Rerun
     woken = {queue for outcome in outcomes if outcome and outcome[0] for queue in outcome[1][1]}

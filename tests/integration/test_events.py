@@ -253,3 +253,60 @@ async def test_a_sink_that_stops_being_idle_while_the_log_end_is_read_misses_not
         follower.idle = False
         seen = await other.push("race", "during")
         assert seen in [event.job_id for event in await follower.wait_for(1)]
+
+
+class ClusterRecorder(Recorder):
+    """A ``"cluster"`` sink: it gets events from the shared log only, this node's too."""
+
+    scope = "cluster"
+
+
+@pytest.mark.postgres
+async def test_killed_connections_lose_no_push_and_no_event(pg_schema: str) -> None:
+    """PostgreSQL ends every connection of the node (an operator, a restart): the next push
+    runs on a new connection (nothing was committed on the dead one), and its event, appended
+    to the shared log, still reaches a sink that reads the log."""
+    import psycopg
+
+    from tests.conftest import PG_URL
+
+    sink = ClusterRecorder()
+    async with Conveyor(pg_schema, plugins=[SinkPlugin(sink)], plugin_autoload=False, maintenance=False) as app:
+        first = await app.push("q", "a")
+        await sink.wait_for(1)
+        name = f"conveyor {app.storage.schema}"  # type: ignore[attr-defined]
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s", (name,)
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        second = await app.push("q", "b")
+        third = await app.push("q", "c")
+        events = await sink.wait_for(3)
+        assert app.events.dropped == 0
+    assert [e.job_id for e in events] == [first, second, third]
+
+
+@pytest.mark.postgres
+async def test_a_failed_append_to_the_shared_log_is_tried_again(
+    pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's change committed; its event must still reach the sinks that read the log."""
+    from conveyor import StorageError
+
+    sink = ClusterRecorder()
+    async with Conveyor(pg_schema, plugins=[SinkPlugin(sink)], plugin_autoload=False, maintenance=False) as app:
+        log = app.storage.event_log
+        assert log is not None
+        append, failures = log.append, [StorageError("connection lost"), StorageError("connection lost")]
+
+        async def flaky(batch: Any, now_ms: int) -> None:
+            if failures:
+                raise failures.pop()
+            await append(batch, now_ms)
+
+        monkeypatch.setattr(log, "append", flaky)
+        job_id = await app.push("q", "a")
+        events = await sink.wait_for(1)
+        assert app.events.dropped == 0 and not failures
+    assert [e.job_id for e in events] == [job_id]
