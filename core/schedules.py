@@ -186,7 +186,17 @@ def job_error(exc: ValidationError) -> ValidationError:
         return exc
     renamed = _JOB_FIELDS[head] + dot + rest
     message = renamed + exc.message[len(field) :] if exc.message.startswith(field) else exc.message
-    return type(exc)(message, field=renamed, details={**exc.details, "field": renamed})
+    details = {**exc.details, "field": renamed}
+    if isinstance(errors := details.get("errors"), list):  # each of pydantic's errors names its field too
+        details["errors"] = [_renamed_error(error) for error in errors]
+    return type(exc)(message, field=renamed, details=details)
+
+
+def _renamed_error(error: Any) -> Any:
+    if not isinstance(error, dict) or not isinstance(field := error.get("field"), str):
+        return error
+    head, dot, rest = field.partition(".")
+    return {**error, "field": _JOB_FIELDS[head] + dot + rest} if head in _JOB_FIELDS else error
 
 
 def _cron(expr: str, start: datetime) -> croniter:
