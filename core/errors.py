@@ -118,8 +118,10 @@ class StorageError(ConveyorError):
 
 
 class StorageUnavailableError(StorageError):
-    """The storage's database server could not be reached when opening (refused, timed out, no
-    such host): the command line reports it as unreachable, not as a refusal."""
+    """No connection to the storage's database server could be made when opening: refused,
+    timed out, no such host, and also a login or database the server refused (PostgreSQL does
+    not tell these apart by code; the message names the cause). The command line reports it
+    as unreachable, not as a refusal of the command."""
 
 
 class PluginError(ConveyorError):

@@ -255,7 +255,8 @@ def decide_timed_out(now_ms: int) -> Decide:
 
 
 def decide_expired(now_ms: int) -> Decide:
-    """A job that did not start within ``ttl_ms`` of its creation goes to the DLQ, not away."""
+    """A job that did not start within ``ttl_ms`` of its creation goes to the DLQ (and, with
+    ``remove_on_fail``, away, as a final failure does)."""
     now = ms_to_dt(now_ms)
 
     def decide(job_id: UUID, job: Job | None) -> Change:

@@ -29,8 +29,9 @@ log = logging.getLogger("conveyor.worker")
 
 
 def error_text(exc: BaseException) -> str:
-    """``Type: message`` for `fail`, cut to its limit, which counts bytes, not characters."""
-    data = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace")
+    """``Type: message`` as `fail` takes it: NUL written out, cut to the limit, which counts
+    bytes, not characters."""
+    data = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00").encode("utf-8", "backslashreplace")
     return data[:MAX_ERROR_BYTES].decode("utf-8", "ignore")
 
 
@@ -259,7 +260,7 @@ class _AckBatcher:
             try:
                 results = await runner.app.ack_batch(items, worker_id=runner.worker_id)
                 break
-            except ValidationError:  # an item the client refused before sending: ack one by one
+            except ValidationError:  # an item refused for the whole batch (by the client, or a 413): one by one
                 results = [await self._ack_one(job_id, result) for job_id, result in batch]
                 break
             except (ClientConnectionError, StorageError) as exc:

@@ -48,7 +48,8 @@ class Transport(Protocol):
 
 
 SETTLE_S = 5.0
-"""How long a cancelled ``pull`` still waits for its reply, to give back the jobs in it."""
+"""How long a cancelled TCP ``pull`` may still take to get its reply and give back the jobs in
+it (HTTP's plain pull, shielded, takes up to the client's timeout)."""
 
 
 async def give_back(transport: Transport, reply: dict[str, Any], worker_id: Any) -> None:

@@ -66,6 +66,11 @@ class _Connection:
         self.usable = True
         """False once the connection is lost or the server said it will close it."""
         self._reading = False
+        self._idle_poll = None
+        sock = stream.extra(SocketAttribute.raw_socket, None)
+        if sock is not None and _poll is not None:
+            self._idle_poll = _poll()
+            self._idle_poll.register(sock.fileno(), select.POLLIN)
         self._buffer = bytearray()
         self._scanned = 0
         """Bytes at the start of ``_buffer`` known to hold no newline."""
@@ -76,6 +81,8 @@ class _Connection:
             if not self.waiting and self.usable:
                 self._check_idle()
             if not self.usable:
+                if not self.waiting:
+                    await self.drop(ClientConnectionError(f"connection to {self.address} was closed"))
                 raise _NotSent(f"connection to {self.address} was closed")
             # Queued and written as one step that no cancellation splits: a call queued but never
             # written would be handed the reply of the call after it, and so on down the line.
@@ -94,14 +101,9 @@ class _Connection:
         poll that does not wait, only on an idle connection."""
         if self._buffer:
             self.usable = False  # bytes nobody asked for
-            return
-        sock = self.stream.extra(SocketAttribute.raw_socket, None)
-        if sock is None or _poll is None:
-            return  # nothing to look at: a close shows on the next read
-        poll = _poll()
-        poll.register(sock.fileno(), select.POLLIN)
-        if poll.poll(0):
+        elif self._idle_poll is not None and self._idle_poll.poll(0):
             self.usable = False
+        # with no socket to poll (Windows), a close shows on the next read
 
     async def wait(self, pending: _Pending) -> None:
         """Until ``pending`` is answered. Whoever waits first reads the replies for everyone."""
@@ -121,6 +123,8 @@ class _Connection:
                     self._hand_on()
         finally:
             pending.waited = False
+            if not pending.done and not self._reading:
+                self._hand_on()  # it may have been woken to read, and left (cancelled) instead
 
     def _hand_on(self) -> None:
         """Wake the first call still waiting for its reply: it reads next."""
@@ -256,14 +260,14 @@ class TcpTransport:
     async def _settle(self, conn: _Connection, pending: _Pending, params: dict[str, Any], long_poll: bool) -> None:
         """A cancelled pull: take its reply anyway, then give back the jobs it claimed. A
         long-poll's connection says it sends no more, which ends the server's wait."""
-        with anyio.move_on_after(min(self.timeout_s, SETTLE_S)):
+        with anyio.move_on_after(min(self.timeout_s, SETTLE_S)):  # all of it: what is left, the stall sweep takes back
             if long_poll and not pending.done:
                 await conn.end_sending()
             await conn.wait(pending)
+            if pending.reply is not None:
+                await give_back(self, pending.reply, params.get("worker_id"))
         if long_poll:
             await conn.drop(ClientConnectionError("call cancelled"))
-        if pending.reply is not None:
-            await give_back(self, pending.reply, params.get("worker_id"))
 
     async def _main_connection(self) -> _Connection:
         async with self._main_lock:  # concurrent first calls share one connection

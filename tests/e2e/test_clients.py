@@ -380,10 +380,13 @@ async def test_a_tcp_connection_the_server_closed_while_idle_is_replaced_before_
     served = serve(f"sqlite:///{tmp_path / 'idle.db'}", env={"CONVEYOR_TCP_IDLE_TIMEOUT_S": "0.3"})
     try:
         async with conveyor.connect(served.addresses["tcp"]) as q:
+            await q.push("idle", "j")
+            held = open_fds()
             for _ in range(3):
-                await q.push("idle", "j")
                 await anyio.sleep(1)  # past the idle timeout: the server closes the connection
-            assert (await q.stats("idle")).waiting == 3
+                await q.push("idle", "j")
+            assert (await q.stats("idle")).waiting == 4
+            assert open_fds() == held  # each closed connection was let go, not just replaced
     finally:
         assert served.stop() == 0, served.output
 

@@ -228,17 +228,24 @@ async def test_handlers_that_misbehave_fail_their_own_job_and_nothing_else(app: 
         return {"when": object()}
 
     @app.task(queue="odd")
+    async def with_nul() -> None:
+        raise ValueError("a\x00b")  # fail refuses NUL: the text must still get through
+
+    @app.task(queue="odd")
     async def fine(i: int) -> int:
         return i
 
     app.workers.route_queue_to_engine("odd", "python")
-    failing = [await t.configure(max_attempts=1).defer() for t in (self_cancelled, upstream_timeout, wordy, unstorable)]
+    failing = [
+        await t.configure(max_attempts=1).defer()
+        for t in (self_cancelled, upstream_timeout, wordy, unstorable, with_nul)
+    ]
     good = [await fine.defer(i=i) for i in range(5)]
     runner = WorkerRunner(app, ["odd"], concurrency=20, poll_ms=50)
 
     async def settled() -> bool:
         stats = await app.stats("odd")
-        return stats.completed == 5 and stats.dlq == 4
+        return stats.completed == 5 and stats.dlq == 5
 
     await run_until(runner, settled)
     errors = [(await app.get(job_id)).last_error for job_id in failing]  # type: ignore[union-attr]
@@ -246,6 +253,7 @@ async def test_handlers_that_misbehave_fail_their_own_job_and_nothing_else(app: 
     assert errors[1] == "TimeoutError: upstream API did not answer"
     assert errors[2].startswith("ValueError: ééé") and len(errors[2].encode()) <= 10 * 1024
     assert errors[3].startswith("the result was refused: ") and "not JSON-serializable" in errors[3]
+    assert errors[4] == "ValueError: a\\x00b"
     assert {(await app.get(job_id)).state for job_id in good} == {JobState.COMPLETED}  # type: ignore[union-attr]
 
 

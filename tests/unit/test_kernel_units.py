@@ -6,8 +6,11 @@ import json
 import os
 import time
 import uuid
+from types import SimpleNamespace
+from typing import Any
 from uuid import UUID
 
+import anyio
 import pytest
 from pydantic_core import to_json
 
@@ -457,3 +460,61 @@ def test_a_wire_code_the_kernel_does_not_know_keeps_its_code_and_status() -> Non
     assert isinstance(route, ConveyorError) and type(error_for_code("NOT_FOUND", "again", {}, 404)) is type(route)
     assert type(error_for_code("JOB_NOT_FOUND", "gone")) is JobNotFoundError
     assert error_for_code("not a code!", "x").code == "INTERNAL_ERROR"
+
+
+@pytest.mark.anyio
+async def test_tcp_replies_reach_the_calls_behind_one_cancelled_as_its_turn_to_read_came() -> None:
+    """Waiting calls read a connection's replies in turn: one woken to read that leaves
+    (cancelled) must pass the turn on, or the calls behind it wait out their timeout with
+    their replies already read into the buffer."""
+    from conveyor.client._tcp import _Connection
+
+    class Stream:  # a socket whose reads come from a memory channel
+        def __init__(self) -> None:
+            self.tx, self.rx = anyio.create_memory_object_stream[bytes](10)
+
+        async def send(self, data: bytes) -> None:
+            pass
+
+        async def receive(self, n: int) -> bytes:
+            return await self.rx.receive()
+
+        def extra(self, attr: object, default: object = None) -> object:
+            return default
+
+        async def aclose(self) -> None:
+            pass
+
+    stream = Stream()
+    conn = _Connection(stream, "fake", 5, lambda c: None)  # type: ignore[arg-type]
+    first, second, third = [await conn.send(b"x\n") for _ in range(3)]
+    scopes: list[anyio.CancelScope] = []
+
+    async def wait(pending: Any) -> None:
+        with anyio.CancelScope() as scope:
+            scopes.append(scope)
+            await conn.wait(pending)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, first)
+            await anyio.sleep(0.01)
+            tg.start_soon(wait, second)
+            tg.start_soon(wait, third)
+            await anyio.sleep(0.01)
+            stream.tx.send_nowait(b'{"ok":true}\n{"ok":true}\n{"ok":true}\n')
+            scopes[1].cancel()  # the second call gives up just as the first hands it the turn
+    assert first.done and third.done
+
+
+@pytest.mark.anyio
+async def test_a_sync_task_cancelled_before_its_thread_started_is_not_counted_as_running() -> None:
+    from conveyor.tasks import IN_THREADS, Task
+
+    ran: list[int] = []
+    task = Task(None, lambda: ran.append(1), "q", "n", False, {})
+    job = SimpleNamespace(id=uuid.uuid4(), data=None)
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # the worker's grace ended as the job started
+        await task.run(job, None)  # type: ignore[arg-type]
+    assert not ran and job.id not in IN_THREADS
