@@ -293,14 +293,15 @@ class Conveyor(TaskHost):
                     self.metrics.inc("jobs_pulled_total", queue, amount=len(jobs))  # no event reports a claim
                 return jobs
             with anyio.CancelScope() as scope:
-                waits = (self._waiting_pulls,) if stop is None else (self._waiting_pulls, stop.waits)
-                for scopes in waits:
-                    scopes.add(scope)
+                self._waiting_pulls.add(scope)
+                if stop is not None:
+                    stop.waiting = scope
                 try:
                     await self.storage.wait_for_jobs(queue, remaining)
                 finally:
-                    for scopes in waits:
-                        scopes.discard(scope)
+                    self._waiting_pulls.discard(scope)
+                    if stop is not None:
+                        stop.waiting = None
             if stop is not None and stop.stopped:
                 return []  # its client has left: claim nothing more for it
 

@@ -1,9 +1,9 @@
 """`PullStop`: how a protocol server ends the wait of a long-poll ``pull`` whose client has left.
 
-Cancelling the pull would do that too, but a cancellation can land while a claim is being
-committed, and the jobs it claimed would then sit ``active`` for nobody until the stall
-timeout. A stop only ends the *wait*: a claim under way completes and its jobs are answered
-(a client that half-closes after sending still gets them), and no claim is made after it.
+Cancelling the pull ends the wait too, but also a claim under way, whose jobs the storage then
+gives back: a client that half-closes after sending (``printf ... | nc``) would be told "no
+job" while one waited. A stop only ends the *wait*: the claim a pull makes first, or one under
+way, completes and is answered, and no claim is made after it.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ class PullStop:
 
     def __init__(self) -> None:
         self.stopped = False
-        self.waits: set[anyio.CancelScope] = set()
-        """The waits under way that `stop` ends (`Conveyor`'s pull adds and removes them)."""
+        self.waiting: anyio.CancelScope | None = None
+        """The wait under way, which `stop` ends (`Conveyor`'s pull sets and clears it)."""
 
     def stop(self) -> None:
         self.stopped = True
-        for scope in list(self.waits):
-            scope.cancel()
+        if self.waiting is not None:
+            self.waiting.cancel()
 
     @contextmanager
     def applied(self) -> Iterator[None]:

@@ -109,7 +109,7 @@ async def test_a_stopped_long_poll_ends_its_wait_and_claims_nothing_after(app: C
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker)
-        while not stop.waits:
+        while stop.waiting is None:
             await anyio.sleep(0.01)
         stop.stop()
     assert got == [[]]
