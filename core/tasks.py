@@ -99,25 +99,16 @@ class Task(Generic[P, R]):
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(*args, **kwargs)
 
-        started = False
-
         def in_thread() -> Any:
-            nonlocal started
-            started = True
+            IN_THREADS.add(job.id)  # marked by the thread itself: one cancelled before it ran is not
             try:
                 return self.fn(*args, **kwargs)
             finally:
                 IN_THREADS.discard(job.id)
 
-        IN_THREADS.add(job.id)
-        try:
-            result = await anyio.to_thread.run_sync(
-                in_thread, abandon_on_cancel=True
-            )  # a timed-out sync handler cannot be interrupted: its thread is left to finish
-        except BaseException:
-            if not started:  # cancelled while it waited for a thread: it never ran
-                IN_THREADS.discard(job.id)
-            raise
+        result = await anyio.to_thread.run_sync(
+            in_thread, abandon_on_cancel=True
+        )  # a timed-out sync handler cannot be interrupted: its thread is left to finish
         return await result if inspect.isawaitable(result) else result
 
 
