@@ -179,24 +179,27 @@ _JOB_FIELDS = {"name": "job_name", "data": "job_data", "options": "job_options"}
 
 def job_error(exc: ValidationError) -> ValidationError:
     """An error in a schedule's job body (``options.priority``), named by the schedule's field
-    (``job_options.priority``)."""
+    (``job_options.priority``), in its message, ``field`` and each of pydantic's ``errors``."""
     field = exc.field or ""
-    head, dot, rest = field.partition(".")
-    if head not in _JOB_FIELDS:
+    renamed = _job_field(field)
+    if renamed is None:
         return exc
-    renamed = _JOB_FIELDS[head] + dot + rest
     message = renamed + exc.message[len(field) :] if exc.message.startswith(field) else exc.message
     details = {**exc.details, "field": renamed}
-    if isinstance(errors := details.get("errors"), list):  # each of pydantic's errors names its field too
-        details["errors"] = [_renamed_error(error) for error in errors]
+    if isinstance(errors := details.get("errors"), list):
+        details["errors"] = [
+            {**error, "field": _job_field(error["field"]) or error["field"]}
+            if isinstance(error, dict) and isinstance(error.get("field"), str)
+            else error
+            for error in errors
+        ]
     return type(exc)(message, field=renamed, details=details)
 
 
-def _renamed_error(error: Any) -> Any:
-    if not isinstance(error, dict) or not isinstance(field := error.get("field"), str):
-        return error
+def _job_field(field: str) -> str | None:
+    """``options.priority`` -> ``job_options.priority``; None for a field outside the job body."""
     head, dot, rest = field.partition(".")
-    return {**error, "field": _JOB_FIELDS[head] + dot + rest} if head in _JOB_FIELDS else error
+    return _JOB_FIELDS[head] + dot + rest if head in _JOB_FIELDS else None
 
 
 def _cron(expr: str, start: datetime) -> croniter:
