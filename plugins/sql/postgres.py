@@ -165,25 +165,18 @@ class PostgresStorage(SqlStorage):
                 return outcomes
             except _Rerun:
                 isolated = True
-            except _Reconnect as exc:
-                # The connection died before COMMIT was sent (a killed backend, a restarted
-                # server, a pooled connection gone stale): nothing was committed, so the group
-                # runs again on a new one.
-                if attempt < RETRIES:
-                    attempt += 1
-                    continue
-                error = _translate(exc.__cause__ or exc)
-                return [None if op.future.done() else (False, error) for op in group]
             except ConveyorError as exc:  # the group's only live call refused its input
                 return [None if op.future.done() else (False, exc) for op in group]
-            except (SQLAlchemyError, psycopg.Error) as exc:
-                if _retryable(exc) and attempt < RETRIES:
-                    # The transaction was rolled back whole, and primitives are pure functions
-                    # of the rows, so running the group again is safe.
+            except (_Reconnect, SQLAlchemyError, psycopg.Error) as exc:
+                # A deadlock or serialization failure rolled the transaction back whole; a
+                # connection that died (a killed backend, a restart, a stale pooled one) did so
+                # before COMMIT was sent. Either way nothing was committed, and primitives are
+                # pure functions of the rows: running the group again is safe.
+                if (isinstance(exc, _Reconnect) or _retryable(exc)) and attempt < RETRIES:
                     await asyncio.sleep(0.005 * attempt)
                     attempt += 1
                     continue
-                error = _translate(exc)
+                error = _translate(exc.__cause__ if isinstance(exc, _Reconnect) and exc.__cause__ else exc)
                 return [None if op.future.done() else (False, error) for op in group]
 
     def _channel_payload(self, queue: str) -> str:
@@ -258,6 +251,11 @@ def _retryable(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None) in RETRYABLE
 
 
+def _run_again(exc: BaseException) -> bool:
+    """Whether a call's error is the group's (run it all again), not the call's own."""
+    return _retryable(exc) or _disconnected(exc)
+
+
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, ConveyorError) or not isinstance(exc, (SQLAlchemyError, psycopg.Error)):
         return exc
@@ -278,14 +276,7 @@ def _run_group(conn: Connection, group: list[Op], isolated: bool, payload: Calla
 
     if commits_lazily(group):
         conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")  # no wait for the WAL flush
-    outcomes = run_group(
-        group,
-        run,
-        savepoint,
-        _translate,
-        isolated=isolated,
-        must_raise=lambda exc: _retryable(exc) or _disconnected(exc),
-    )
+    outcomes = run_group(group, run, savepoint, _translate, isolated=isolated, must_raise=_run_again)
     if outcomes is None:
         raise _Rerun
     woken = {queue for outcome in outcomes if outcome and outcome[0] for queue in outcome[1][1]}
